@@ -1,0 +1,128 @@
+"""The agent's gRPC server and everything it owns, as one async context manager.
+
+`AgentServer` makes the TLS identity, the session table and the other areas,
+serves them behind the token check, and on close() tells attached clients,
+ends every child and stops the server: nothing is left behind.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent import tls
+from agent.auth import TokenInterceptor
+from agent.config import AgentConfig
+from agent.errors import InvalidArgument
+from agent.service.info import Identity, InfoService
+from agent.service.registry import build_handler
+from agent.service.shell import ShellService
+from agent.session_table import SessionTable
+from protos.version import AGENT_SERVICE
+
+log = logging.getLogger(__name__)
+
+STOP_NOTICE = "tether-agent is stopping; this session ends now"
+
+
+def server_options(config: AgentConfig) -> list[tuple[str, Any]]:
+    """Keepalive the connector may use (no GOAWAY too_many_pings), and limits."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message),
+        ("grpc.max_send_message_length", 2 * config.max_message),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class AgentServer:
+    def __init__(self, config: AgentConfig) -> None:
+        if not config.token:
+            raise InvalidArgument("the agent needs a token")
+        if config.insecure_loopback and not config.is_loopback:
+            raise InvalidArgument(
+                f"--insecure-loopback needs a loopback listen address, not {config.host}"
+            )
+        self.config = config
+        self.started = time.time()
+        self.port = 0
+        self.fingerprint = ""
+        self.sessions = SessionTable(
+            output_buffer=config.output_buffer,
+            idle_timeout=config.idle_timeout,
+            max_sessions=config.max_sessions,
+        )
+        self._server: grpc.aio.Server | None = None
+        self._health = health_async.HealthServicer()
+        self._stopped = asyncio.Event()
+
+    def _areas(self) -> list[object]:
+        identity = Identity(
+            self.config.run_name, self.config.rank, self.config.world_size, self.started
+        )
+        return [
+            InfoService(identity, counts=lambda: (len(self.sessions), 0), deadline=lambda: None),
+            ShellService(self.sessions),
+        ]
+
+    async def start(self) -> None:
+        config = self.config
+        await self.sessions.__aenter__()
+        server = grpc.aio.server(
+            interceptors=[TokenInterceptor(config.token)], options=server_options(config)
+        )
+        server.add_generic_rpc_handlers([build_handler(self._areas())])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = (
+            f"[{config.host}]:{config.port}"
+            if ":" in config.host
+            else (f"{config.host}:{config.port}")
+        )
+        if config.insecure_loopback:
+            self.port = server.add_insecure_port(address)
+        else:
+            identity = (
+                tls.load_given(config.tls_cert, config.tls_key)
+                if config.tls_cert and config.tls_key
+                else tls.load_or_create(config.state_dir)
+            )
+            self.fingerprint = identity.fingerprint
+            credentials = grpc.ssl_server_credentials([(identity.key_pem, identity.cert_pem)])
+            self.port = server.add_secure_port(address, credentials)
+        await server.start()
+        self._server = server
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(AGENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    async def __aenter__(self) -> "AgentServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, grace: float = 1.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self._health.enter_graceful_shutdown()
+        self.sessions.notice_all(STOP_NOTICE)
+        await asyncio.sleep(0.05)  # lets the notice frames go out before the exits
+        await self.sessions.close()
+        if self._server is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server.stop(grace)
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+        if self._server is not None:
+            await self._server.wait_for_termination()
