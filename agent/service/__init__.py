@@ -1,0 +1,1 @@
+"""gRPC servicers: translate protobuf to domain calls, one area per module."""
