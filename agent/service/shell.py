@@ -8,6 +8,7 @@ that output is gone, then the exit once the client has all of the output.
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from typing import Any
 
 from grpc.aio import EOF  # type: ignore[attr-defined]
@@ -45,6 +46,21 @@ def spec_from(open_: pb.ShellOpen) -> SessionSpec:
         cwd=open_.cwd or None,
         tmux_session=open_.tmux_session,
     )
+
+
+async def _first_of(*coroutines: Coroutine[Any, Any, None]) -> None:
+    """Runs the coroutines until one ends; cancels the rest; re-raises its error."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
 
 
 class Attachment:
@@ -86,15 +102,7 @@ class Attachment:
                     )
                 )
             )
-            reader = asyncio.ensure_future(self._read_client())
-            pump = asyncio.ensure_future(self._pump_output(output_offset))
-            done, pending = await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            for task in done:
-                task.result()
+            await _first_of(self._read_client(), self._pump_output(output_offset))
         finally:
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
