@@ -99,6 +99,27 @@ async def _serve(config: AgentConfig) -> None:
         log.info("stopping")
 
 
+@app.command()
+def health(
+    token_file: Annotated[Path | None, typer.Option(envvar=TOKEN_ENV)] = None,
+    address: Annotated[str, typer.Option(help="The agent's HOST:PORT.")] = "127.0.0.1:7777",
+    insecure_loopback: Annotated[bool, typer.Option()] = False,
+    state_dir: Annotated[Path, typer.Option()] = DEFAULT_STATE_DIR,
+) -> None:
+    """Exit 0 when the agent at ADDRESS answers the gRPC health check (HEALTHCHECK)."""
+    from agent.probe import check_health
+
+    if token_file is None:
+        raise _fail(f"no token: pass --token-file PATH or set {TOKEN_ENV}")
+    try:
+        token = load_token(str(token_file))
+    except AgentError as exc:
+        raise _fail(str(exc)) from None
+    ok, detail = asyncio.run(check_health(address, token, insecure_loopback, state_dir))
+    typer.echo(detail, err=not ok)
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     try:
         app()

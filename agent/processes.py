@@ -15,7 +15,7 @@ import signal
 import struct
 import subprocess
 import termios
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.errors import FailedPrecondition
@@ -104,8 +104,11 @@ def set_window_size(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _take_controlling_tty() -> None:  # runs in the child, between fork and exec
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+# setsid(1) -c makes the child a session leader with the PTY (its stdin) as
+# controlling terminal, then execs the program under the same pid. Doing it in
+# a preexec_fn instead runs Python between fork and exec in a process full of
+# gRPC threads, which crashes now and then.
+_SETSID = ["setsid", "-c"]
 
 
 class Child:
@@ -175,7 +178,7 @@ def _spawn(
     argv: list[str], env: Mapping[str, str], cwd: str | None, **kwargs: object
 ) -> subprocess.Popen[bytes]:
     try:
-        return subprocess.Popen(argv, env=child_env(env), cwd=cwd, start_new_session=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+        return subprocess.Popen(argv, env=child_env(env), cwd=cwd, **kwargs)  # type: ignore[call-overload, no-any-return]
     except NotADirectoryError as exc:
         raise FailedPrecondition(f"working directory {cwd!r} is not a directory") from exc
 
@@ -187,15 +190,7 @@ def spawn_pty(
     master, slave = pty.openpty()
     try:
         set_window_size(master, cols, rows)
-        popen = _spawn(
-            argv,
-            env,
-            cwd,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            preexec_fn=_take_controlling_tty,
-        )
+        popen = _spawn([*_SETSID, *argv], env, cwd, stdin=slave, stdout=slave, stderr=slave)
     except BaseException:
         os.close(master)
         raise
@@ -207,7 +202,13 @@ def spawn_pty(
 def spawn_pipes(argv: list[str], *, env: Mapping[str, str], cwd: str | None) -> Child:
     """Starts `argv` with stdin, stdout and stderr on pipes the agent holds."""
     popen = _spawn(
-        argv, env, cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        argv,
+        env,
+        cwd,
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
     fds = {
@@ -219,5 +220,3 @@ def spawn_pipes(argv: list[str], *, env: Mapping[str, str], cwd: str | None) -> 
         stream.close()
     return Child(popen, fds)
 
-
-SpawnFn = Callable[..., Child]

@@ -4,156 +4,159 @@
 # source: protos/agent.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "protos/agent.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'protos/agent.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x12protos/agent.proto\x12\ttether.v1"\r\n\x0bInfoRequest"\xf9\x01\n\tInfoReply\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x10\n\x08run_name\x18\x04 \x01(\t\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12\x12\n\nworld_size\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x17\n\x0fstarted_unix_ms\x18\x08 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\t \x01(\x03\x12\x15\n\rsession_count\x18\n \x01(\r\x12\x15\n\rforward_count\x18\x0b \x01(\r"\r\n\x0bPingRequest"\'\n\tPingReply\x12\x1a\n\x12\x61gent_time_unix_ms\x18\x01 \x01(\x03"(\n\nWindowSize\x12\x0c\n\x04\x63ols\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r"\xd6\x02\n\tShellOpen\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12\x0b\n\x03pty\x18\x04 \x01(\x08\x12\x0c\n\x04term\x18\x05 \x01(\t\x12#\n\x04size\x18\x06 \x01(\x0b\x32\x15.tether.v1.WindowSize\x12*\n\x03\x65nv\x18\x07 \x03(\x0b\x32\x1d.tether.v1.ShellOpen.EnvEntry\x12\x0b\n\x03\x63wd\x18\x08 \x01(\t\x12\x14\n\x0ctmux_session\x18\t \x01(\t\x12\x1a\n\x12tmux_detach_others\x18\n \x01(\x08\x12\x0e\n\x06resume\x18\x0b \x01(\x08\x12\x15\n\routput_offset\x18\x0c \x01(\x04\x12\x0f\n\x07\x63ommand\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01"l\n\x0bShellOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x15\n\routput_offset\x18\x03 \x01(\x04\x12\x14\n\x0cinput_offset\x18\x04 \x01(\x04\x12\x0b\n\x03pid\x18\x05 \x01(\r"\x18\n\x06Signal\x12\x0e\n\x06number\x18\x01 \x01(\x05"\x08\n\x06\x44\x65tach"\n\n\x08StdinEof"\x0e\n\x0c\x43loseSession"\xa1\x02\n\x10ShellClientFrame\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.tether.v1.ShellOpenH\x00\x12\x0f\n\x05input\x18\x02 \x01(\x0cH\x00\x12\'\n\x06resize\x18\x03 \x01(\x0b\x32\x15.tether.v1.WindowSizeH\x00\x12#\n\x06signal\x18\x04 \x01(\x0b\x32\x11.tether.v1.SignalH\x00\x12\r\n\x03\x61\x63k\x18\x05 \x01(\x04H\x00\x12#\n\x06\x64\x65tach\x18\x06 \x01(\x0b\x32\x11.tether.v1.DetachH\x00\x12"\n\x03\x65of\x18\x07 \x01(\x0b\x32\x13.tether.v1.StdinEofH\x00\x12(\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x17.tether.v1.CloseSessionH\x00\x42\x06\n\x04kind"#\n\x03Gap\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04"I\n\x04\x45xit\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x12\n\noutput_end\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t"\x16\n\x06Notice\x12\x0c\n\x04text\x18\x01 \x01(\t"\xdc\x01\n\x10ShellServerFrame\x12(\n\x06opened\x18\x01 \x01(\x0b\x32\x16.tether.v1.ShellOpenedH\x00\x12\x10\n\x06output\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x03 \x01(\x0cH\x00\x12\r\n\x03\x61\x63k\x18\x04 \x01(\x04H\x00\x12\x1d\n\x03gap\x18\x05 \x01(\x0b\x32\x0e.tether.v1.GapH\x00\x12\x1f\n\x04\x65xit\x18\x06 \x01(\x0b\x32\x0f.tether.v1.ExitH\x00\x12#\n\x06notice\x18\x07 \x01(\x0b\x32\x11.tether.v1.NoticeH\x00\x42\x06\n\x04kind"\x15\n\x13ListSessionsRequest"\xe4\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03pty\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttached\x18\x04 \x01(\x08\x12\x0f\n\x07running\x18\x05 \x01(\x08\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x17\n\x0f\x63reated_unix_ms\x18\x07 \x01(\x03\x12\x1d\n\x15last_activity_unix_ms\x18\x08 \x01(\x03\x12\x15\n\routput_offset\x18\t \x01(\x04\x12\x14\n\x0ctmux_session\x18\n \x01(\t\x12\x0b\n\x03pid\x18\x0b \x01(\r"=\n\x11ListSessionsReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.tether.v1.SessionInfo"(\n\x12KillSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t"\x12\n\x10KillSessionReply"\x7f\n\x0b\x46orwardOpen\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0e\n\x06resume\x18\x05 \x01(\x08\x12\x13\n\x0brecv_offset\x18\x06 \x01(\x04"a\n\rForwardOpened\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x13\n\x0bsend_offset\x18\x03 \x01(\x04\x12\x13\n\x0brecv_offset\x18\x04 \x01(\x04"\x1b\n\tHalfClose\x12\x0e\n\x06offset\x18\x01 \x01(\x04"\x17\n\x05Reset\x12\x0e\n\x06reason\x18\x01 \x01(\t"\xab\x01\n\x12\x46orwardClientFrame\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tether.v1.ForwardOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x61\x63k\x18\x03 \x01(\x04H\x00\x12#\n\x03\x65of\x18\x04 \x01(\x0b\x32\x14.tether.v1.HalfCloseH\x00\x12!\n\x05reset\x18\x05 \x01(\x0b\x32\x10.tether.v1.ResetH\x00\x42\x06\n\x04kind"\xaf\x01\n\x12\x46orwardServerFrame\x12*\n\x06opened\x18\x01 \x01(\x0b\x32\x18.tether.v1.ForwardOpenedH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x61\x63k\x18\x03 \x01(\x04H\x00\x12#\n\x03\x65of\x18\x04 \x01(\x0b\x32\x14.tether.v1.HalfCloseH\x00\x12!\n\x05reset\x18\x05 \x01(\x0b\x32\x10.tether.v1.ResetH\x00\x42\x06\n\x04kind"k\n\x0bTmuxSession\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07windows\x18\x02 \x01(\r\x12\x10\n\x08\x61ttached\x18\x03 \x01(\r\x12\x14\n\x0c\x63reated_unix\x18\x04 \x01(\x03\x12\x15\n\ractivity_unix\x18\x05 \x01(\x03"\x11\n\x0fTmuxListRequest"9\n\rTmuxListReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.tether.v1.TmuxSession"W\n\x11TmuxCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12#\n\x04size\x18\x03 \x01(\x0b\x32\x15.tether.v1.WindowSize"K\n\x0fTmuxCreateReply\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.tether.v1.TmuxSession\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08"\x1f\n\x0fTmuxKillRequest\x12\x0c\n\x04name\x18\x01 \x01(\t"\x0f\n\rTmuxKillReply"7\n\x11TmuxRenameRequest\x12\x10\n\x08old_name\x18\x01 \x01(\t\x12\x10\n\x08new_name\x18\x02 \x01(\t"\x11\n\x0fTmuxRenameReply"Y\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x15\n\rcontainer_pid\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x19\n\x11used_memory_bytes\x18\x04 \x01(\x04"\x9f\x03\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x1b\n\x13utilization_percent\x18\x04 \x01(\r\x12"\n\x1amemory_utilization_percent\x18\x05 \x01(\r\x12\x19\n\x11memory_used_bytes\x18\x06 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x07 \x01(\x04\x12\x15\n\rtemperature_c\x18\x08 \x01(\x05\x12\x14\n\x0cpower_draw_w\x18\t \x01(\x01\x12\x15\n\rpower_limit_w\x18\n \x01(\x01\x12\x14\n\x0csm_clock_mhz\x18\x0b \x01(\r\x12\x18\n\x10memory_clock_mhz\x18\x0c \x01(\r\x12\x15\n\recc_corrected\x18\r \x01(\x04\x12\x17\n\x0f\x65\x63\x63_uncorrected\x18\x0e \x01(\x04\x12\x18\n\x10throttle_reasons\x18\x0f \x03(\t\x12(\n\tprocesses\x18\x10 \x03(\x0b\x32\x15.tether.v1.GpuProcess\x12\r\n\x05\x65rror\x18\x11 \x01(\t"\x8b\x01\n\tGpuReport\x12"\n\x05state\x18\x01 \x01(\x0e\x32\x13.tether.v1.GpuState\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63uda_version\x18\x04 \x01(\t\x12\x1c\n\x04gpus\x18\x05 \x03(\x0b\x32\x0e.tether.v1.Gpu"o\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x04 \x01(\x01\x12\x11\n\trss_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x63mdline\x18\x06 \x01(\t"\x86\x03\n\x0cSystemReport\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x1c\n\x14\x63pu_percent_per_core\x18\x02 \x03(\x01\x12\r\n\x05load1\x18\x03 \x01(\x01\x12\r\n\x05load5\x18\x04 \x01(\x01\x12\x0e\n\x06load15\x18\x05 \x01(\x01\x12\x1a\n\x12memory_total_bytes\x18\x06 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x07 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x08 \x01(\x04\x12\x11\n\tdisk_path\x18\t \x01(\t\x12\x18\n\x10\x64isk_total_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x64isk_used_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12net_rx_bytes_per_s\x18\x0c \x01(\x01\x12\x1a\n\x12net_tx_bytes_per_s\x18\r \x01(\x01\x12-\n\rtop_processes\x18\x0e \x03(\x0b\x32\x16.tether.v1.ProcessInfo\x12\x11\n\tcpu_count\x18\x0f \x01(\r"&\n\rStatusRequest\x12\x15\n\rtop_processes\x18\x01 \x01(\r"\x8f\x01\n\x0bStatusReply\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12!\n\x03gpu\x18\x04 \x01(\x0b\x32\x14.tether.v1.GpuReport\x12\'\n\x06system\x18\x05 \x01(\x0b\x32\x17.tether.v1.SystemReport"E\n\x12WatchStatusRequest\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x15\n\rtop_processes\x18\x02 \x01(\r"0\n\x12SetDeadlineRequest\x12\x1a\n\x12max_duration_hours\x18\x01 \x01(\x01",\n\x10SetDeadlineReply\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x01 \x01(\x03"\x1d\n\x0bStopRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t"\x0b\n\tStopReply"3\n\x13VscodeTunnelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08"H\n\x0eVscodeProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\ndone_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04"(\n\x0bVscodeLogin\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t"(\n\x0bVscodeReady\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t"\x1e\n\x0bVscodeError\x12\x0f\n\x07message\x18\x01 \x01(\t"\xce\x01\n\x0bVscodeEvent\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x19.tether.v1.VscodeProgressH\x00\x12\'\n\x05login\x18\x02 \x01(\x0b\x32\x16.tether.v1.VscodeLoginH\x00\x12\'\n\x05ready\x18\x03 \x01(\x0b\x32\x16.tether.v1.VscodeReadyH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.tether.v1.VscodeErrorH\x00\x12\r\n\x03log\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind"\x15\n\x13VscodeStatusRequest"\x8c\x01\n\x11VscodeStatusReply\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12%\n\x05login\x18\x04 \x01(\x0b\x32\x16.tether.v1.VscodeLogin\x12\x10\n\x08restarts\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t"\x13\n\x11VscodeStopRequest"&\n\x0fVscodeStopReply\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08",\n\x16\x41uthorizeSshKeyRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t"K\n\x14\x41uthorizeSshKeyReply\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fhost_public_key\x18\x03 \x01(\t*\x7f\n\x08GpuState\x12\x19\n\x15GPU_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cGPU_STATE_OK\x10\x01\x12\x17\n\x13GPU_STATE_NO_DRIVER\x10\x02\x12\x18\n\x14GPU_STATE_NO_DEVICES\x10\x03\x12\x13\n\x0fGPU_STATE_ERROR\x10\x04\x32\xf0\t\n\x05\x41gent\x12\x34\n\x04Info\x12\x16.tether.v1.InfoRequest\x1a\x14.tether.v1.InfoReply\x12\x34\n\x04Ping\x12\x16.tether.v1.PingRequest\x1a\x14.tether.v1.PingReply\x12\x45\n\x05Shell\x12\x1b.tether.v1.ShellClientFrame\x1a\x1b.tether.v1.ShellServerFrame(\x01\x30\x01\x12L\n\x0cListSessions\x12\x1e.tether.v1.ListSessionsRequest\x1a\x1c.tether.v1.ListSessionsReply\x12I\n\x0bKillSession\x12\x1d.tether.v1.KillSessionRequest\x1a\x1b.tether.v1.KillSessionReply\x12K\n\x07\x46orward\x12\x1d.tether.v1.ForwardClientFrame\x1a\x1d.tether.v1.ForwardServerFrame(\x01\x30\x01\x12@\n\x08TmuxList\x12\x1a.tether.v1.TmuxListRequest\x1a\x18.tether.v1.TmuxListReply\x12\x46\n\nTmuxCreate\x12\x1c.tether.v1.TmuxCreateRequest\x1a\x1a.tether.v1.TmuxCreateReply\x12@\n\x08TmuxKill\x12\x1a.tether.v1.TmuxKillRequest\x1a\x18.tether.v1.TmuxKillReply\x12\x46\n\nTmuxRename\x12\x1c.tether.v1.TmuxRenameRequest\x1a\x1a.tether.v1.TmuxRenameReply\x12:\n\x06Status\x12\x18.tether.v1.StatusRequest\x1a\x16.tether.v1.StatusReply\x12\x46\n\x0bWatchStatus\x12\x1d.tether.v1.WatchStatusRequest\x1a\x16.tether.v1.StatusReply0\x01\x12I\n\x0bSetDeadline\x12\x1d.tether.v1.SetDeadlineRequest\x1a\x1b.tether.v1.SetDeadlineReply\x12\x34\n\x04Stop\x12\x16.tether.v1.StopRequest\x1a\x14.tether.v1.StopReply\x12H\n\x0cVscodeTunnel\x12\x1e.tether.v1.VscodeTunnelRequest\x1a\x16.tether.v1.VscodeEvent0\x01\x12L\n\x0cVscodeStatus\x12\x1e.tether.v1.VscodeStatusRequest\x1a\x1c.tether.v1.VscodeStatusReply\x12\x46\n\nVscodeStop\x12\x1c.tether.v1.VscodeStopRequest\x1a\x1a.tether.v1.VscodeStopReply\x12U\n\x0f\x41uthorizeSshKey\x12!.tether.v1.AuthorizeSshKeyRequest\x1a\x1f.tether.v1.AuthorizeSshKeyReplyb\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/agent.proto\x12\ttether.v1\"\r\n\x0bInfoRequest\"\xf9\x01\n\tInfoReply\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x10\n\x08run_name\x18\x04 \x01(\t\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12\x12\n\nworld_size\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x17\n\x0fstarted_unix_ms\x18\x08 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\t \x01(\x03\x12\x15\n\rsession_count\x18\n \x01(\r\x12\x15\n\rforward_count\x18\x0b \x01(\r\"\r\n\x0bPingRequest\"\'\n\tPingReply\x12\x1a\n\x12\x61gent_time_unix_ms\x18\x01 \x01(\x03\"(\n\nWindowSize\x12\x0c\n\x04\x63ols\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"\xd6\x02\n\tShellOpen\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12\x0b\n\x03pty\x18\x04 \x01(\x08\x12\x0c\n\x04term\x18\x05 \x01(\t\x12#\n\x04size\x18\x06 \x01(\x0b\x32\x15.tether.v1.WindowSize\x12*\n\x03\x65nv\x18\x07 \x03(\x0b\x32\x1d.tether.v1.ShellOpen.EnvEntry\x12\x0b\n\x03\x63wd\x18\x08 \x01(\t\x12\x14\n\x0ctmux_session\x18\t \x01(\t\x12\x1a\n\x12tmux_detach_others\x18\n \x01(\x08\x12\x0e\n\x06resume\x18\x0b \x01(\x08\x12\x15\n\routput_offset\x18\x0c \x01(\x04\x12\x0f\n\x07\x63ommand\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0bShellOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x15\n\routput_offset\x18\x03 \x01(\x04\x12\x14\n\x0cinput_offset\x18\x04 \x01(\x04\x12\x0b\n\x03pid\x18\x05 \x01(\r\"\x18\n\x06Signal\x12\x0e\n\x06number\x18\x01 \x01(\x05\"\x08\n\x06\x44\x65tach\"\n\n\x08StdinEof\"\x0e\n\x0c\x43loseSession\"\xa1\x02\n\x10ShellClientFrame\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.tether.v1.ShellOpenH\x00\x12\x0f\n\x05input\x18\x02 \x01(\x0cH\x00\x12\'\n\x06resize\x18\x03 \x01(\x0b\x32\x15.tether.v1.WindowSizeH\x00\x12#\n\x06signal\x18\x04 \x01(\x0b\x32\x11.tether.v1.SignalH\x00\x12\r\n\x03\x61\x63k\x18\x05 \x01(\x04H\x00\x12#\n\x06\x64\x65tach\x18\x06 \x01(\x0b\x32\x11.tether.v1.DetachH\x00\x12\"\n\x03\x65of\x18\x07 \x01(\x0b\x32\x13.tether.v1.StdinEofH\x00\x12(\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x17.tether.v1.CloseSessionH\x00\x42\x06\n\x04kind\"#\n\x03Gap\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"I\n\x04\x45xit\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x12\n\noutput_end\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x06Notice\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xdc\x01\n\x10ShellServerFrame\x12(\n\x06opened\x18\x01 \x01(\x0b\x32\x16.tether.v1.ShellOpenedH\x00\x12\x10\n\x06output\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x03 \x01(\x0cH\x00\x12\r\n\x03\x61\x63k\x18\x04 \x01(\x04H\x00\x12\x1d\n\x03gap\x18\x05 \x01(\x0b\x32\x0e.tether.v1.GapH\x00\x12\x1f\n\x04\x65xit\x18\x06 \x01(\x0b\x32\x0f.tether.v1.ExitH\x00\x12#\n\x06notice\x18\x07 \x01(\x0b\x32\x11.tether.v1.NoticeH\x00\x42\x06\n\x04kind\"\x15\n\x13ListSessionsRequest\"\xe4\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03pty\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttached\x18\x04 \x01(\x08\x12\x0f\n\x07running\x18\x05 \x01(\x08\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x17\n\x0f\x63reated_unix_ms\x18\x07 \x01(\x03\x12\x1d\n\x15last_activity_unix_ms\x18\x08 \x01(\x03\x12\x15\n\routput_offset\x18\t \x01(\x04\x12\x14\n\x0ctmux_session\x18\n \x01(\t\x12\x0b\n\x03pid\x18\x0b \x01(\r\"=\n\x11ListSessionsReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.tether.v1.SessionInfo\"(\n\x12KillSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x12\n\x10KillSessionReply\"\x7f\n\x0b\x46orwardOpen\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0e\n\x06resume\x18\x05 \x01(\x08\x12\x13\n\x0brecv_offset\x18\x06 \x01(\x04\"a\n\rForwardOpened\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x13\n\x0bsend_offset\x18\x03 \x01(\x04\x12\x13\n\x0brecv_offset\x18\x04 \x01(\x04\"\x1b\n\tHalfClose\x12\x0e\n\x06offset\x18\x01 \x01(\x04\"\x17\n\x05Reset\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xab\x01\n\x12\x46orwardClientFrame\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tether.v1.ForwardOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x61\x63k\x18\x03 \x01(\x04H\x00\x12#\n\x03\x65of\x18\x04 \x01(\x0b\x32\x14.tether.v1.HalfCloseH\x00\x12!\n\x05reset\x18\x05 \x01(\x0b\x32\x10.tether.v1.ResetH\x00\x42\x06\n\x04kind\"\xaf\x01\n\x12\x46orwardServerFrame\x12*\n\x06opened\x18\x01 \x01(\x0b\x32\x18.tether.v1.ForwardOpenedH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x61\x63k\x18\x03 \x01(\x04H\x00\x12#\n\x03\x65of\x18\x04 \x01(\x0b\x32\x14.tether.v1.HalfCloseH\x00\x12!\n\x05reset\x18\x05 \x01(\x0b\x32\x10.tether.v1.ResetH\x00\x42\x06\n\x04kind\"k\n\x0bTmuxSession\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07windows\x18\x02 \x01(\r\x12\x10\n\x08\x61ttached\x18\x03 \x01(\r\x12\x14\n\x0c\x63reated_unix\x18\x04 \x01(\x03\x12\x15\n\ractivity_unix\x18\x05 \x01(\x03\"\x11\n\x0fTmuxListRequest\"9\n\rTmuxListReply\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.tether.v1.TmuxSession\"W\n\x11TmuxCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12#\n\x04size\x18\x03 \x01(\x0b\x32\x15.tether.v1.WindowSize\"K\n\x0fTmuxCreateReply\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.tether.v1.TmuxSession\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\x0fTmuxKillRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rTmuxKillReply\"7\n\x11TmuxRenameRequest\x12\x10\n\x08old_name\x18\x01 \x01(\t\x12\x10\n\x08new_name\x18\x02 \x01(\t\"\x11\n\x0fTmuxRenameReply\"Y\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x15\n\rcontainer_pid\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x19\n\x11used_memory_bytes\x18\x04 \x01(\x04\"\x9f\x03\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x1b\n\x13utilization_percent\x18\x04 \x01(\r\x12\"\n\x1amemory_utilization_percent\x18\x05 \x01(\r\x12\x19\n\x11memory_used_bytes\x18\x06 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x07 \x01(\x04\x12\x15\n\rtemperature_c\x18\x08 \x01(\x05\x12\x14\n\x0cpower_draw_w\x18\t \x01(\x01\x12\x15\n\rpower_limit_w\x18\n \x01(\x01\x12\x14\n\x0csm_clock_mhz\x18\x0b \x01(\r\x12\x18\n\x10memory_clock_mhz\x18\x0c \x01(\r\x12\x15\n\recc_corrected\x18\r \x01(\x04\x12\x17\n\x0f\x65\x63\x63_uncorrected\x18\x0e \x01(\x04\x12\x18\n\x10throttle_reasons\x18\x0f \x03(\t\x12(\n\tprocesses\x18\x10 \x03(\x0b\x32\x15.tether.v1.GpuProcess\x12\r\n\x05\x65rror\x18\x11 \x01(\t\"\x8b\x01\n\tGpuReport\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.tether.v1.GpuState\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63uda_version\x18\x04 \x01(\t\x12\x1c\n\x04gpus\x18\x05 \x03(\x0b\x32\x0e.tether.v1.Gpu\"o\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x04 \x01(\x01\x12\x11\n\trss_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x63mdline\x18\x06 \x01(\t\"\x86\x03\n\x0cSystemReport\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x1c\n\x14\x63pu_percent_per_core\x18\x02 \x03(\x01\x12\r\n\x05load1\x18\x03 \x01(\x01\x12\r\n\x05load5\x18\x04 \x01(\x01\x12\x0e\n\x06load15\x18\x05 \x01(\x01\x12\x1a\n\x12memory_total_bytes\x18\x06 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x07 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x08 \x01(\x04\x12\x11\n\tdisk_path\x18\t \x01(\t\x12\x18\n\x10\x64isk_total_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x64isk_used_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12net_rx_bytes_per_s\x18\x0c \x01(\x01\x12\x1a\n\x12net_tx_bytes_per_s\x18\r \x01(\x01\x12-\n\rtop_processes\x18\x0e \x03(\x0b\x32\x16.tether.v1.ProcessInfo\x12\x11\n\tcpu_count\x18\x0f \x01(\r\"&\n\rStatusRequest\x12\x15\n\rtop_processes\x18\x01 \x01(\r\"\x8f\x01\n\x0bStatusReply\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12!\n\x03gpu\x18\x04 \x01(\x0b\x32\x14.tether.v1.GpuReport\x12\'\n\x06system\x18\x05 \x01(\x0b\x32\x17.tether.v1.SystemReport\"E\n\x12WatchStatusRequest\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x15\n\rtop_processes\x18\x02 \x01(\r\"0\n\x12SetDeadlineRequest\x12\x1a\n\x12max_duration_hours\x18\x01 \x01(\x01\",\n\x10SetDeadlineReply\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x01 \x01(\x03\"\x1d\n\x0bStopRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0b\n\tStopReply\"3\n\x13VscodeTunnelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"H\n\x0eVscodeProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\ndone_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"(\n\x0bVscodeLogin\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"(\n\x0bVscodeReady\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\x1e\n\x0bVscodeError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xce\x01\n\x0bVscodeEvent\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x19.tether.v1.VscodeProgressH\x00\x12\'\n\x05login\x18\x02 \x01(\x0b\x32\x16.tether.v1.VscodeLoginH\x00\x12\'\n\x05ready\x18\x03 \x01(\x0b\x32\x16.tether.v1.VscodeReadyH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.tether.v1.VscodeErrorH\x00\x12\r\n\x03log\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\x15\n\x13VscodeStatusRequest\"\x8c\x01\n\x11VscodeStatusReply\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12%\n\x05login\x18\x04 \x01(\x0b\x32\x16.tether.v1.VscodeLogin\x12\x10\n\x08restarts\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\"\x13\n\x11VscodeStopRequest\"&\n\x0fVscodeStopReply\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\",\n\x16\x41uthorizeSshKeyRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\"K\n\x14\x41uthorizeSshKeyReply\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x17\n\x0fhost_public_key\x18\x03 \x01(\t*\x7f\n\x08GpuState\x12\x19\n\x15GPU_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cGPU_STATE_OK\x10\x01\x12\x17\n\x13GPU_STATE_NO_DRIVER\x10\x02\x12\x18\n\x14GPU_STATE_NO_DEVICES\x10\x03\x12\x13\n\x0fGPU_STATE_ERROR\x10\x04\x32\xf0\t\n\x05\x41gent\x12\x34\n\x04Info\x12\x16.tether.v1.InfoRequest\x1a\x14.tether.v1.InfoReply\x12\x34\n\x04Ping\x12\x16.tether.v1.PingRequest\x1a\x14.tether.v1.PingReply\x12\x45\n\x05Shell\x12\x1b.tether.v1.ShellClientFrame\x1a\x1b.tether.v1.ShellServerFrame(\x01\x30\x01\x12L\n\x0cListSessions\x12\x1e.tether.v1.ListSessionsRequest\x1a\x1c.tether.v1.ListSessionsReply\x12I\n\x0bKillSession\x12\x1d.tether.v1.KillSessionRequest\x1a\x1b.tether.v1.KillSessionReply\x12K\n\x07\x46orward\x12\x1d.tether.v1.ForwardClientFrame\x1a\x1d.tether.v1.ForwardServerFrame(\x01\x30\x01\x12@\n\x08TmuxList\x12\x1a.tether.v1.TmuxListRequest\x1a\x18.tether.v1.TmuxListReply\x12\x46\n\nTmuxCreate\x12\x1c.tether.v1.TmuxCreateRequest\x1a\x1a.tether.v1.TmuxCreateReply\x12@\n\x08TmuxKill\x12\x1a.tether.v1.TmuxKillRequest\x1a\x18.tether.v1.TmuxKillReply\x12\x46\n\nTmuxRename\x12\x1c.tether.v1.TmuxRenameRequest\x1a\x1a.tether.v1.TmuxRenameReply\x12:\n\x06Status\x12\x18.tether.v1.StatusRequest\x1a\x16.tether.v1.StatusReply\x12\x46\n\x0bWatchStatus\x12\x1d.tether.v1.WatchStatusRequest\x1a\x16.tether.v1.StatusReply0\x01\x12I\n\x0bSetDeadline\x12\x1d.tether.v1.SetDeadlineRequest\x1a\x1b.tether.v1.SetDeadlineReply\x12\x34\n\x04Stop\x12\x16.tether.v1.StopRequest\x1a\x14.tether.v1.StopReply\x12H\n\x0cVscodeTunnel\x12\x1e.tether.v1.VscodeTunnelRequest\x1a\x16.tether.v1.VscodeEvent0\x01\x12L\n\x0cVscodeStatus\x12\x1e.tether.v1.VscodeStatusRequest\x1a\x1c.tether.v1.VscodeStatusReply\x12\x46\n\nVscodeStop\x12\x1c.tether.v1.VscodeStopRequest\x1a\x1a.tether.v1.VscodeStopReply\x12U\n\x0f\x41uthorizeSshKey\x12!.tether.v1.AuthorizeSshKeyRequest\x1a\x1f.tether.v1.AuthorizeSshKeyReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "protos.agent_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_SHELLOPEN_ENVENTRY"]._loaded_options = None
-    _globals["_SHELLOPEN_ENVENTRY"]._serialized_options = b"8\001"
-    _globals["_GPUSTATE"]._serialized_start = 5416
-    _globals["_GPUSTATE"]._serialized_end = 5543
-    _globals["_INFOREQUEST"]._serialized_start = 33
-    _globals["_INFOREQUEST"]._serialized_end = 46
-    _globals["_INFOREPLY"]._serialized_start = 49
-    _globals["_INFOREPLY"]._serialized_end = 298
-    _globals["_PINGREQUEST"]._serialized_start = 300
-    _globals["_PINGREQUEST"]._serialized_end = 313
-    _globals["_PINGREPLY"]._serialized_start = 315
-    _globals["_PINGREPLY"]._serialized_end = 354
-    _globals["_WINDOWSIZE"]._serialized_start = 356
-    _globals["_WINDOWSIZE"]._serialized_end = 396
-    _globals["_SHELLOPEN"]._serialized_start = 399
-    _globals["_SHELLOPEN"]._serialized_end = 741
-    _globals["_SHELLOPEN_ENVENTRY"]._serialized_start = 699
-    _globals["_SHELLOPEN_ENVENTRY"]._serialized_end = 741
-    _globals["_SHELLOPENED"]._serialized_start = 743
-    _globals["_SHELLOPENED"]._serialized_end = 851
-    _globals["_SIGNAL"]._serialized_start = 853
-    _globals["_SIGNAL"]._serialized_end = 877
-    _globals["_DETACH"]._serialized_start = 879
-    _globals["_DETACH"]._serialized_end = 887
-    _globals["_STDINEOF"]._serialized_start = 889
-    _globals["_STDINEOF"]._serialized_end = 899
-    _globals["_CLOSESESSION"]._serialized_start = 901
-    _globals["_CLOSESESSION"]._serialized_end = 915
-    _globals["_SHELLCLIENTFRAME"]._serialized_start = 918
-    _globals["_SHELLCLIENTFRAME"]._serialized_end = 1207
-    _globals["_GAP"]._serialized_start = 1209
-    _globals["_GAP"]._serialized_end = 1244
-    _globals["_EXIT"]._serialized_start = 1246
-    _globals["_EXIT"]._serialized_end = 1319
-    _globals["_NOTICE"]._serialized_start = 1321
-    _globals["_NOTICE"]._serialized_end = 1343
-    _globals["_SHELLSERVERFRAME"]._serialized_start = 1346
-    _globals["_SHELLSERVERFRAME"]._serialized_end = 1566
-    _globals["_LISTSESSIONSREQUEST"]._serialized_start = 1568
-    _globals["_LISTSESSIONSREQUEST"]._serialized_end = 1589
-    _globals["_SESSIONINFO"]._serialized_start = 1592
-    _globals["_SESSIONINFO"]._serialized_end = 1820
-    _globals["_LISTSESSIONSREPLY"]._serialized_start = 1822
-    _globals["_LISTSESSIONSREPLY"]._serialized_end = 1883
-    _globals["_KILLSESSIONREQUEST"]._serialized_start = 1885
-    _globals["_KILLSESSIONREQUEST"]._serialized_end = 1925
-    _globals["_KILLSESSIONREPLY"]._serialized_start = 1927
-    _globals["_KILLSESSIONREPLY"]._serialized_end = 1945
-    _globals["_FORWARDOPEN"]._serialized_start = 1947
-    _globals["_FORWARDOPEN"]._serialized_end = 2074
-    _globals["_FORWARDOPENED"]._serialized_start = 2076
-    _globals["_FORWARDOPENED"]._serialized_end = 2173
-    _globals["_HALFCLOSE"]._serialized_start = 2175
-    _globals["_HALFCLOSE"]._serialized_end = 2202
-    _globals["_RESET"]._serialized_start = 2204
-    _globals["_RESET"]._serialized_end = 2227
-    _globals["_FORWARDCLIENTFRAME"]._serialized_start = 2230
-    _globals["_FORWARDCLIENTFRAME"]._serialized_end = 2401
-    _globals["_FORWARDSERVERFRAME"]._serialized_start = 2404
-    _globals["_FORWARDSERVERFRAME"]._serialized_end = 2579
-    _globals["_TMUXSESSION"]._serialized_start = 2581
-    _globals["_TMUXSESSION"]._serialized_end = 2688
-    _globals["_TMUXLISTREQUEST"]._serialized_start = 2690
-    _globals["_TMUXLISTREQUEST"]._serialized_end = 2707
-    _globals["_TMUXLISTREPLY"]._serialized_start = 2709
-    _globals["_TMUXLISTREPLY"]._serialized_end = 2766
-    _globals["_TMUXCREATEREQUEST"]._serialized_start = 2768
-    _globals["_TMUXCREATEREQUEST"]._serialized_end = 2855
-    _globals["_TMUXCREATEREPLY"]._serialized_start = 2857
-    _globals["_TMUXCREATEREPLY"]._serialized_end = 2932
-    _globals["_TMUXKILLREQUEST"]._serialized_start = 2934
-    _globals["_TMUXKILLREQUEST"]._serialized_end = 2965
-    _globals["_TMUXKILLREPLY"]._serialized_start = 2967
-    _globals["_TMUXKILLREPLY"]._serialized_end = 2982
-    _globals["_TMUXRENAMEREQUEST"]._serialized_start = 2984
-    _globals["_TMUXRENAMEREQUEST"]._serialized_end = 3039
-    _globals["_TMUXRENAMEREPLY"]._serialized_start = 3041
-    _globals["_TMUXRENAMEREPLY"]._serialized_end = 3058
-    _globals["_GPUPROCESS"]._serialized_start = 3060
-    _globals["_GPUPROCESS"]._serialized_end = 3149
-    _globals["_GPU"]._serialized_start = 3152
-    _globals["_GPU"]._serialized_end = 3567
-    _globals["_GPUREPORT"]._serialized_start = 3570
-    _globals["_GPUREPORT"]._serialized_end = 3709
-    _globals["_PROCESSINFO"]._serialized_start = 3711
-    _globals["_PROCESSINFO"]._serialized_end = 3822
-    _globals["_SYSTEMREPORT"]._serialized_start = 3825
-    _globals["_SYSTEMREPORT"]._serialized_end = 4215
-    _globals["_STATUSREQUEST"]._serialized_start = 4217
-    _globals["_STATUSREQUEST"]._serialized_end = 4255
-    _globals["_STATUSREPLY"]._serialized_start = 4258
-    _globals["_STATUSREPLY"]._serialized_end = 4401
-    _globals["_WATCHSTATUSREQUEST"]._serialized_start = 4403
-    _globals["_WATCHSTATUSREQUEST"]._serialized_end = 4472
-    _globals["_SETDEADLINEREQUEST"]._serialized_start = 4474
-    _globals["_SETDEADLINEREQUEST"]._serialized_end = 4522
-    _globals["_SETDEADLINEREPLY"]._serialized_start = 4524
-    _globals["_SETDEADLINEREPLY"]._serialized_end = 4568
-    _globals["_STOPREQUEST"]._serialized_start = 4570
-    _globals["_STOPREQUEST"]._serialized_end = 4599
-    _globals["_STOPREPLY"]._serialized_start = 4601
-    _globals["_STOPREPLY"]._serialized_end = 4612
-    _globals["_VSCODETUNNELREQUEST"]._serialized_start = 4614
-    _globals["_VSCODETUNNELREQUEST"]._serialized_end = 4665
-    _globals["_VSCODEPROGRESS"]._serialized_start = 4667
-    _globals["_VSCODEPROGRESS"]._serialized_end = 4739
-    _globals["_VSCODELOGIN"]._serialized_start = 4741
-    _globals["_VSCODELOGIN"]._serialized_end = 4781
-    _globals["_VSCODEREADY"]._serialized_start = 4783
-    _globals["_VSCODEREADY"]._serialized_end = 4823
-    _globals["_VSCODEERROR"]._serialized_start = 4825
-    _globals["_VSCODEERROR"]._serialized_end = 4855
-    _globals["_VSCODEEVENT"]._serialized_start = 4858
-    _globals["_VSCODEEVENT"]._serialized_end = 5064
-    _globals["_VSCODESTATUSREQUEST"]._serialized_start = 5066
-    _globals["_VSCODESTATUSREQUEST"]._serialized_end = 5087
-    _globals["_VSCODESTATUSREPLY"]._serialized_start = 5090
-    _globals["_VSCODESTATUSREPLY"]._serialized_end = 5230
-    _globals["_VSCODESTOPREQUEST"]._serialized_start = 5232
-    _globals["_VSCODESTOPREQUEST"]._serialized_end = 5251
-    _globals["_VSCODESTOPREPLY"]._serialized_start = 5253
-    _globals["_VSCODESTOPREPLY"]._serialized_end = 5291
-    _globals["_AUTHORIZESSHKEYREQUEST"]._serialized_start = 5293
-    _globals["_AUTHORIZESSHKEYREQUEST"]._serialized_end = 5337
-    _globals["_AUTHORIZESSHKEYREPLY"]._serialized_start = 5339
-    _globals["_AUTHORIZESSHKEYREPLY"]._serialized_end = 5414
-    _globals["_AGENT"]._serialized_start = 5546
-    _globals["_AGENT"]._serialized_end = 6810
+  DESCRIPTOR._loaded_options = None
+  _globals['_SHELLOPEN_ENVENTRY']._loaded_options = None
+  _globals['_SHELLOPEN_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_GPUSTATE']._serialized_start=5416
+  _globals['_GPUSTATE']._serialized_end=5543
+  _globals['_INFOREQUEST']._serialized_start=33
+  _globals['_INFOREQUEST']._serialized_end=46
+  _globals['_INFOREPLY']._serialized_start=49
+  _globals['_INFOREPLY']._serialized_end=298
+  _globals['_PINGREQUEST']._serialized_start=300
+  _globals['_PINGREQUEST']._serialized_end=313
+  _globals['_PINGREPLY']._serialized_start=315
+  _globals['_PINGREPLY']._serialized_end=354
+  _globals['_WINDOWSIZE']._serialized_start=356
+  _globals['_WINDOWSIZE']._serialized_end=396
+  _globals['_SHELLOPEN']._serialized_start=399
+  _globals['_SHELLOPEN']._serialized_end=741
+  _globals['_SHELLOPEN_ENVENTRY']._serialized_start=699
+  _globals['_SHELLOPEN_ENVENTRY']._serialized_end=741
+  _globals['_SHELLOPENED']._serialized_start=743
+  _globals['_SHELLOPENED']._serialized_end=851
+  _globals['_SIGNAL']._serialized_start=853
+  _globals['_SIGNAL']._serialized_end=877
+  _globals['_DETACH']._serialized_start=879
+  _globals['_DETACH']._serialized_end=887
+  _globals['_STDINEOF']._serialized_start=889
+  _globals['_STDINEOF']._serialized_end=899
+  _globals['_CLOSESESSION']._serialized_start=901
+  _globals['_CLOSESESSION']._serialized_end=915
+  _globals['_SHELLCLIENTFRAME']._serialized_start=918
+  _globals['_SHELLCLIENTFRAME']._serialized_end=1207
+  _globals['_GAP']._serialized_start=1209
+  _globals['_GAP']._serialized_end=1244
+  _globals['_EXIT']._serialized_start=1246
+  _globals['_EXIT']._serialized_end=1319
+  _globals['_NOTICE']._serialized_start=1321
+  _globals['_NOTICE']._serialized_end=1343
+  _globals['_SHELLSERVERFRAME']._serialized_start=1346
+  _globals['_SHELLSERVERFRAME']._serialized_end=1566
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1568
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1589
+  _globals['_SESSIONINFO']._serialized_start=1592
+  _globals['_SESSIONINFO']._serialized_end=1820
+  _globals['_LISTSESSIONSREPLY']._serialized_start=1822
+  _globals['_LISTSESSIONSREPLY']._serialized_end=1883
+  _globals['_KILLSESSIONREQUEST']._serialized_start=1885
+  _globals['_KILLSESSIONREQUEST']._serialized_end=1925
+  _globals['_KILLSESSIONREPLY']._serialized_start=1927
+  _globals['_KILLSESSIONREPLY']._serialized_end=1945
+  _globals['_FORWARDOPEN']._serialized_start=1947
+  _globals['_FORWARDOPEN']._serialized_end=2074
+  _globals['_FORWARDOPENED']._serialized_start=2076
+  _globals['_FORWARDOPENED']._serialized_end=2173
+  _globals['_HALFCLOSE']._serialized_start=2175
+  _globals['_HALFCLOSE']._serialized_end=2202
+  _globals['_RESET']._serialized_start=2204
+  _globals['_RESET']._serialized_end=2227
+  _globals['_FORWARDCLIENTFRAME']._serialized_start=2230
+  _globals['_FORWARDCLIENTFRAME']._serialized_end=2401
+  _globals['_FORWARDSERVERFRAME']._serialized_start=2404
+  _globals['_FORWARDSERVERFRAME']._serialized_end=2579
+  _globals['_TMUXSESSION']._serialized_start=2581
+  _globals['_TMUXSESSION']._serialized_end=2688
+  _globals['_TMUXLISTREQUEST']._serialized_start=2690
+  _globals['_TMUXLISTREQUEST']._serialized_end=2707
+  _globals['_TMUXLISTREPLY']._serialized_start=2709
+  _globals['_TMUXLISTREPLY']._serialized_end=2766
+  _globals['_TMUXCREATEREQUEST']._serialized_start=2768
+  _globals['_TMUXCREATEREQUEST']._serialized_end=2855
+  _globals['_TMUXCREATEREPLY']._serialized_start=2857
+  _globals['_TMUXCREATEREPLY']._serialized_end=2932
+  _globals['_TMUXKILLREQUEST']._serialized_start=2934
+  _globals['_TMUXKILLREQUEST']._serialized_end=2965
+  _globals['_TMUXKILLREPLY']._serialized_start=2967
+  _globals['_TMUXKILLREPLY']._serialized_end=2982
+  _globals['_TMUXRENAMEREQUEST']._serialized_start=2984
+  _globals['_TMUXRENAMEREQUEST']._serialized_end=3039
+  _globals['_TMUXRENAMEREPLY']._serialized_start=3041
+  _globals['_TMUXRENAMEREPLY']._serialized_end=3058
+  _globals['_GPUPROCESS']._serialized_start=3060
+  _globals['_GPUPROCESS']._serialized_end=3149
+  _globals['_GPU']._serialized_start=3152
+  _globals['_GPU']._serialized_end=3567
+  _globals['_GPUREPORT']._serialized_start=3570
+  _globals['_GPUREPORT']._serialized_end=3709
+  _globals['_PROCESSINFO']._serialized_start=3711
+  _globals['_PROCESSINFO']._serialized_end=3822
+  _globals['_SYSTEMREPORT']._serialized_start=3825
+  _globals['_SYSTEMREPORT']._serialized_end=4215
+  _globals['_STATUSREQUEST']._serialized_start=4217
+  _globals['_STATUSREQUEST']._serialized_end=4255
+  _globals['_STATUSREPLY']._serialized_start=4258
+  _globals['_STATUSREPLY']._serialized_end=4401
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=4403
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=4472
+  _globals['_SETDEADLINEREQUEST']._serialized_start=4474
+  _globals['_SETDEADLINEREQUEST']._serialized_end=4522
+  _globals['_SETDEADLINEREPLY']._serialized_start=4524
+  _globals['_SETDEADLINEREPLY']._serialized_end=4568
+  _globals['_STOPREQUEST']._serialized_start=4570
+  _globals['_STOPREQUEST']._serialized_end=4599
+  _globals['_STOPREPLY']._serialized_start=4601
+  _globals['_STOPREPLY']._serialized_end=4612
+  _globals['_VSCODETUNNELREQUEST']._serialized_start=4614
+  _globals['_VSCODETUNNELREQUEST']._serialized_end=4665
+  _globals['_VSCODEPROGRESS']._serialized_start=4667
+  _globals['_VSCODEPROGRESS']._serialized_end=4739
+  _globals['_VSCODELOGIN']._serialized_start=4741
+  _globals['_VSCODELOGIN']._serialized_end=4781
+  _globals['_VSCODEREADY']._serialized_start=4783
+  _globals['_VSCODEREADY']._serialized_end=4823
+  _globals['_VSCODEERROR']._serialized_start=4825
+  _globals['_VSCODEERROR']._serialized_end=4855
+  _globals['_VSCODEEVENT']._serialized_start=4858
+  _globals['_VSCODEEVENT']._serialized_end=5064
+  _globals['_VSCODESTATUSREQUEST']._serialized_start=5066
+  _globals['_VSCODESTATUSREQUEST']._serialized_end=5087
+  _globals['_VSCODESTATUSREPLY']._serialized_start=5090
+  _globals['_VSCODESTATUSREPLY']._serialized_end=5230
+  _globals['_VSCODESTOPREQUEST']._serialized_start=5232
+  _globals['_VSCODESTOPREQUEST']._serialized_end=5251
+  _globals['_VSCODESTOPREPLY']._serialized_start=5253
+  _globals['_VSCODESTOPREPLY']._serialized_end=5291
+  _globals['_AUTHORIZESSHKEYREQUEST']._serialized_start=5293
+  _globals['_AUTHORIZESSHKEYREQUEST']._serialized_end=5337
+  _globals['_AUTHORIZESSHKEYREPLY']._serialized_start=5339
+  _globals['_AUTHORIZESSHKEYREPLY']._serialized_end=5414
+  _globals['_AGENT']._serialized_start=5546
+  _globals['_AGENT']._serialized_end=6810
 # @@protoc_insertion_point(module_scope)
