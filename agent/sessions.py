@@ -70,6 +70,8 @@ class Session:
         self.created = time.time()
         self.last_activity = time.monotonic()
         self.attachment: object | None = None
+        # How far the attached client's stream has been sent output.
+        self.sent_offset = 0
         self.attach_changed = Wakeup()
         # Lines for attached clients (deadline warnings, shutdown), by sequence.
         self.notices: deque[tuple[int, str]] = deque(maxlen=16)
@@ -127,12 +129,20 @@ class Session:
             self._open_outputs.discard(fd)
             self.output.changed.fire()
 
+    @property
+    def _unsent(self) -> int:
+        return self.output.buffer.end - max(self.sent_offset, self.output.buffer.start)
+
     def _apply_output_limit(self) -> None:
         buffer = self.output.buffer
-        if not buffer.overflow:
-            return
         if self.attachment is None:
             buffer.discard_overflow()
+            return
+        # Attached: what has been sent is bounded by HTTP/2 flow control and
+        # waits for its ack; only the unsent backlog pauses the reader.
+        # Pausing on unacknowledged bytes instead would deadlock whenever
+        # the client's acks queue behind input the agent is not reading.
+        if self._unsent <= buffer.limit:
             return
         for fd, _ in self._output_fds():
             if fd in self._open_outputs and fd not in self._paused:
@@ -140,7 +150,7 @@ class Session:
                 self._paused.add(fd)
 
     def _resume_reading(self) -> None:
-        if self.output.buffer.overflow and self.attachment is not None:
+        if self.attachment is not None and self._unsent > self.output.buffer.limit:
             return
         for fd, channel in self._output_fds():
             if fd in self._paused:
@@ -152,6 +162,10 @@ class Session:
     def ack_output(self, offset: int) -> None:
         self.output.ack(offset)
         self.touch()
+
+    def note_sent(self, offset: int) -> None:
+        """The attached client's stream took output up to `offset`."""
+        self.sent_offset = offset
         if self._paused:
             self._resume_reading()
 
@@ -281,6 +295,7 @@ class Session:
     def attach(self, owner: object) -> None:
         """Makes `owner` the attached client, displacing any earlier one."""
         self.attachment = owner
+        self.sent_offset = self.output.buffer.start
         self.attach_changed.fire()
         self.touch()
 

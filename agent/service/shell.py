@@ -126,6 +126,7 @@ class Attachment:
                 chunk = buffer.read(offset, FRAME_BYTES)
                 await self._send(SHELL_SERVER.data(_CHANNEL_FIELD[chunk.channel], chunk.data))
                 offset += len(chunk.data)
+                session.note_sent(offset)
                 continue
             for seq, text in list(session.notices):
                 if seq > notices_seen:

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from connector.cli import runs
+from connector.cli import runs, shell
 from connector.errors import TetherError
 from connector.terminal import escape_text
 
@@ -38,6 +38,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(runs.app, name="runs")
+app.command("connect")(shell.connect)
+app.command("exec")(shell.exec_)
 
 
 def main() -> None:

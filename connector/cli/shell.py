@@ -1,0 +1,92 @@
+"""`tether connect` and `tether exec`: a shell or a command in the run."""
+
+import asyncio
+import os
+import shlex
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from connector import config
+from connector.link import Link, LinkState
+from connector.remote_session import interactive, piped
+from connector.terminal import StatusLine
+from protos import agent_pb2 as pb
+
+RunArg = Annotated[str | None, typer.Argument(help="The run (default: the only configured run).")]
+RankOpt = Annotated[int, typer.Option("--rank", "-r", min=0, help="Which node of the run.")]
+
+
+def _state_reporter(status: StatusLine) -> Callable[[LinkState], None]:
+    def report(state: LinkState) -> None:
+        if state.kind == "reconnecting":
+            detail = f": {state.error}" if state.error else ""
+            status.update(f"tether: reconnecting ({state.retry_in:.0f}s){detail}")
+
+    return report
+
+
+async def _with_link(
+    run_name: str | None,
+    rank: int,
+    status: StatusLine,
+    request: pb.ShellOpen,
+    *,
+    tty: bool,
+    escape_char: str,
+) -> int:
+    run = config.get_run(run_name)
+    async with Link(run, rank, on_state=_state_reporter(status)) as link:
+        if tty:
+            return await interactive(link, request, escape_char=escape_char, status=status)
+        return await piped(link, request, status=status)
+
+
+def connect(
+    run: RunArg = None,
+    rank: RankOpt = 0,
+    command: Annotated[
+        str | None, typer.Option("--command", "-c", help="Run this instead of a login shell.")
+    ] = None,
+    tmux: Annotated[
+        str | None,
+        typer.Option(
+            "--tmux",
+            help="Create or attach to this tmux session (default name: main).",
+            show_default=False,
+        ),
+    ] = None,
+    detach_others: Annotated[
+        bool, typer.Option("--detach-others", help="With --tmux: detach other clients.")
+    ] = False,
+    escape_char: Annotated[
+        str, typer.Option("--escape-char", "-e", help="Escape character, or 'none'.")
+    ] = "~",
+) -> None:
+    """A shell in the run that survives Wi-Fi drops, sleep and network changes."""
+    request = pb.ShellOpen(
+        term=os.environ.get("TERM", "xterm-256color"),
+        command=command or "",
+        tmux_session=tmux or "",
+        tmux_detach_others=detach_others,
+    )
+    status = StatusLine()
+    code = asyncio.run(_with_link(run, rank, status, request, tty=True, escape_char=escape_char))
+    raise typer.Exit(code)
+
+
+def exec_(
+    run: Annotated[str, typer.Argument(help="The run.")],
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments.")],
+    rank: RankOpt = 0,
+) -> None:
+    """Run a command in the run: stdin, stdout, stderr and the exit code, binary-safe.
+
+    One argument is a command line for the remote shell (`'make && ./a.out'`);
+    several are quoted so that each reaches the program as it was given.
+    """
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    request = pb.ShellOpen(command=line)
+    code = asyncio.run(_with_link(run, rank, StatusLine(), request, tty=False, escape_char="none"))
+    raise typer.Exit(code)
