@@ -31,6 +31,12 @@ class AgentConfig:
     max_forwards: int = 4096
     forward_grace: float = 60.0
     forward_buffer: int = 4 * MiB
+    # The VS Code CLI: a configured binary, or a download URL (None: the
+    # official stable build) with an optional sha256, and the tunnel's data dir.
+    vscode_cli: str | None = None
+    vscode_url: str | None = None
+    vscode_sha256: str | None = None
+    vscode_data_dir: str | None = None
 
     @property
     def is_loopback(self) -> bool:

@@ -8,6 +8,7 @@ ends every child and stops the server: nothing is left behind.
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from typing import Any
 
@@ -19,10 +20,18 @@ from agent import tls
 from agent.auth import TokenInterceptor
 from agent.config import AgentConfig
 from agent.errors import InvalidArgument
+from agent.gpu import GpuProbe
 from agent.service.info import Identity, InfoService
 from agent.service.registry import build_handler
 from agent.service.shell import ShellService
-from agent.session_table import SessionTable
+from agent.service.status import StatusService
+from agent.service.tmux import TmuxService
+from agent.service.vscode import VscodeService
+from agent.session_table import SessionTable, home_dir
+from agent.system import SystemProbe
+from agent.tmux import TmuxManager
+from agent.vscode_cli import CliSource
+from agent.vscode_manager import VscodeManager, default_tunnel_name
 from protos.version import AGENT_SERVICE
 
 log = logging.getLogger(__name__)
@@ -45,7 +54,7 @@ def server_options(config: AgentConfig) -> list[tuple[str, Any]]:
 
 
 class AgentServer:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, nvml_module: Any = None) -> None:
         if not config.token:
             raise InvalidArgument("the agent needs a token")
         if config.insecure_loopback and not config.is_loopback:
@@ -56,10 +65,24 @@ class AgentServer:
         self.started = time.time()
         self.port = 0
         self.fingerprint = ""
+        self.tmux = TmuxManager(config.state_dir)
         self.sessions = SessionTable(
             output_buffer=config.output_buffer,
             idle_timeout=config.idle_timeout,
             max_sessions=config.max_sessions,
+            tmux_argv=self.tmux.attach_argv,
+        )
+        self.gpu = GpuProbe(nvml_module=nvml_module)
+        source = CliSource(
+            cache_dir=config.state_dir / "vscode",
+            path=config.vscode_cli,
+            url=config.vscode_url,
+            sha256=config.vscode_sha256,
+        )
+        self.vscode = VscodeManager(
+            source,
+            default_tunnel_name(config.run_name, config.rank),
+            cli_data_dir=config.vscode_data_dir,
         )
         self._server: grpc.aio.Server | None = None
         self._health = health_async.HealthServicer()
@@ -72,10 +95,19 @@ class AgentServer:
         return [
             InfoService(identity, counts=lambda: (len(self.sessions), 0), deadline=lambda: None),
             ShellService(self.sessions),
+            TmuxService(self.tmux),
+            StatusService(
+                self.gpu,
+                SystemProbe(home_dir()),
+                socket.gethostname(),
+                self.config.rank,
+            ),
+            VscodeService(self.vscode),
         ]
 
     async def start(self) -> None:
         config = self.config
+        await self.tmux.__aenter__()
         await self.sessions.__aenter__()
         server = grpc.aio.server(
             interceptors=[TokenInterceptor(config.token)], options=server_options(config)
@@ -118,6 +150,9 @@ class AgentServer:
         self.sessions.notice_all(STOP_NOTICE)
         await asyncio.sleep(0.05)  # lets the notice frames go out before the exits
         await self.sessions.close()
+        self.vscode.close()
+        await self.vscode.wait_closed()
+        self.gpu.close()
         if self._server is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._server.stop(grace)

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,13 @@ METADATA = (("authorization", f"Bearer {TOKEN}"),)
 
 @contextlib.asynccontextmanager
 async def running_agent(**overrides: Any) -> AsyncIterator[AgentServer]:
-    config = AgentConfig(
-        host="127.0.0.1", port=0, token=TOKEN.encode(), insecure_loopback=True, **overrides
-    )
-    async with AgentServer(config) as server:
-        yield server
+    with tempfile.TemporaryDirectory(prefix="ta-") as state:
+        overrides.setdefault("state_dir", Path(state))
+        config = AgentConfig(
+            host="127.0.0.1", port=0, token=TOKEN.encode(), insecure_loopback=True, **overrides
+        )
+        async with AgentServer(config) as server:
+            yield server
 
 
 @contextlib.asynccontextmanager
@@ -52,7 +55,8 @@ class RawShell:
     """One Shell stream, spoken frame by frame."""
 
     def __init__(self, channel: grpc.aio.Channel, metadata: Any = METADATA) -> None:
-        self.call: Any = channel.stream_stream("/tether.v1.Agent/Shell")(metadata=metadata)
+        method: Any = channel.stream_stream("/tether.v1.Agent/Shell")  # type: ignore[call-arg]
+        self.call: Any = method(metadata=metadata)
         self.received = Received()
 
     async def open(self, **fields: Any) -> pb.ShellOpened:
@@ -120,9 +124,18 @@ def agent_process(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Pope
     token_file.chmod(0o600)
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "agent", "serve", "--listen", "127.0.0.1:0",
-            "--insecure-loopback", "--token-file", str(token_file),
-            "--state-dir", str(tmp_path / "agent-state"), *extra,
+            sys.executable,
+            "-m",
+            "agent",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--token-file",
+            str(token_file),
+            "--state-dir",
+            str(tmp_path / "agent-state"),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

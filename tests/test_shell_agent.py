@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,14 +20,16 @@ def run(coro: object) -> None:
 
 
 @pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong"),)])
-def test_every_method_refuses_a_missing_or_wrong_token(metadata: tuple[tuple[str, str], ...]) -> None:
+def test_every_method_refuses_a_missing_or_wrong_token(
+    metadata: tuple[tuple[str, str], ...],
+) -> None:
     async def main() -> None:
         async with running_agent() as server, channel_to(server) as channel:
             names = method_names()
             assert "Shell" in names and "Info" in names
             for name in [*names, "../grpc.health.v1.Health/Check"]:
                 path = f"/tether.v1.Agent/{name}".replace("tether.v1.Agent/../", "")
-                call = channel.unary_unary(path)
+                call: Any = channel.unary_unary(path)  # type: ignore[call-arg]
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await call(b"", metadata=metadata, timeout=5)
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
