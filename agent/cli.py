@@ -52,6 +52,13 @@ def serve(
         float, typer.Option(min=0.0, help="A detached session ends after this idle time.")
     ] = 12.0,
     max_sessions: Annotated[int, typer.Option(min=1)] = 64,
+    max_duration: Annotated[
+        float | None,
+        typer.Option(
+            envvar="TETHER_MAX_DURATION",
+            help="Hours from the start after which the agent stops and the container ends.",
+        ),
+    ] = None,
 ) -> None:
     """Serve shells, forwards, tmux, status and VS Code to tether connectors."""
     tune_malloc()
@@ -76,6 +83,7 @@ def serve(
             output_buffer=int(output_buffer_mib * MiB),
             idle_timeout=idle_timeout_hours * 3600,
             max_sessions=max_sessions,
+            max_duration_hours=max_duration,
         )
         asyncio.run(_serve(config))
     except AgentError as exc:
@@ -85,17 +93,17 @@ def serve(
 async def _serve(config: AgentConfig) -> None:
     from agent.server import AgentServer
 
-    stop = asyncio.Event()
+    server = AgentServer(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with AgentServer(config) as server:
+        loop.add_signal_handler(signum, server.stop_requested.set)
+    async with server:
         where = f"{config.host}:{server.port}"
         mode = "plaintext (loopback)" if config.insecure_loopback else "TLS"
         print(f"tether-agent listening on {where} ({mode})", flush=True)
         if server.fingerprint:
             print(f"tether-agent fingerprint SHA256:{server.fingerprint}", flush=True)
-        await stop.wait()
+        await server.stop_requested.wait()
         log.info("stopping")
 
 

@@ -27,6 +27,8 @@ class AgentConfig:
     max_message: int = 4 * MiB
     # Hours from the run's start; None: no deadline (the agent runs until stopped).
     max_duration_hours: float | None = None
+    # Seconds before the deadline at which attached sessions are warned.
+    deadline_warnings: tuple[float, ...] = (600.0, 60.0)
     forward_allowlist: tuple[str, ...] = field(default_factory=tuple)
     max_forwards: int = 4096
     forward_grace: float = 60.0

@@ -21,7 +21,9 @@ from agent.auth import TokenInterceptor
 from agent.config import AgentConfig
 from agent.errors import InvalidArgument
 from agent.gpu import GpuProbe
+from agent.lifetime import Lifetime
 from agent.service.info import Identity, InfoService
+from agent.service.lifetime import LifetimeService
 from agent.service.registry import build_handler
 from agent.service.shell import ShellService
 from agent.service.status import StatusService
@@ -84,6 +86,15 @@ class AgentServer:
             default_tunnel_name(config.run_name, config.rank),
             cli_data_dir=config.vscode_data_dir,
         )
+        # Set by SIGTERM, the deadline or a Stop call: `serve` then closes the server.
+        self.stop_requested = asyncio.Event()
+        self.lifetime = Lifetime(
+            self.started,
+            config.max_duration_hours,
+            on_notice=self.sessions.notice_all,
+            on_stop=self.stop_requested.set,
+            warnings=config.deadline_warnings,
+        )
         self._server: grpc.aio.Server | None = None
         self._health = health_async.HealthServicer()
         self._stopped = asyncio.Event()
@@ -93,7 +104,9 @@ class AgentServer:
             self.config.run_name, self.config.rank, self.config.world_size, self.started
         )
         return [
-            InfoService(identity, counts=lambda: (len(self.sessions), 0), deadline=lambda: None),
+            InfoService(
+                identity, counts=lambda: (len(self.sessions), 0), deadline=self.lifetime.deadline
+            ),
             ShellService(self.sessions),
             TmuxService(self.tmux),
             StatusService(
@@ -103,12 +116,14 @@ class AgentServer:
                 self.config.rank,
             ),
             VscodeService(self.vscode),
+            LifetimeService(self.lifetime),
         ]
 
     async def start(self) -> None:
         config = self.config
         await self.tmux.__aenter__()
         await self.sessions.__aenter__()
+        await self.lifetime.__aenter__()
         server = grpc.aio.server(
             interceptors=[TokenInterceptor(config.token)], options=server_options(config)
         )
@@ -149,6 +164,8 @@ class AgentServer:
         await self._health.enter_graceful_shutdown()
         self.sessions.notice_all(STOP_NOTICE)
         await asyncio.sleep(0.05)  # lets the notice frames go out before the exits
+        self.lifetime.close()
+        await self.lifetime.wait_closed()
         await self.sessions.close()
         self.vscode.close()
         await self.vscode.wait_closed()
