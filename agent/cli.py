@@ -20,6 +20,8 @@ log = logging.getLogger("tether-agent")
 
 MiB = 1 << 20
 DEFAULT_STATE_DIR = Path.home() / ".local/state/tether-agent"
+# The run image sets it, so that its HEALTHCHECK probes the port the agent serves on.
+LISTEN_ENV = "TETHER_LISTEN"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -33,7 +35,9 @@ def serve(
         Path | None,
         typer.Option(envvar=TOKEN_ENV, help="File (mode 0600) holding the run's token."),
     ] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "0.0.0.0:7777",
+    listen: Annotated[
+        str, typer.Option(envvar=LISTEN_ENV, help="HOST:PORT to listen on.")
+    ] = "0.0.0.0:7777",
     run_name: Annotated[str, typer.Option(help="The run's name.")] = "run",
     rank: Annotated[int, typer.Option(min=0, help="This node's rank.")] = 0,
     world_size: Annotated[int, typer.Option(min=1, help="Nodes in the run.")] = 1,
