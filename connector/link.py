@@ -32,6 +32,9 @@ from protos.agent_pb2_grpc import AgentStub
 from protos.version import PROTOCOL_VERSION
 
 CONNECT_TIMEOUT = 10.0
+# How often a waiting link checks whether a path that was down is back.
+REACHABILITY_PROBE_INTERVAL = 0.2
+PROBE_TIMEOUT = 1.0
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
@@ -274,7 +277,7 @@ class Link:
         while True:
             if delay:
                 self._report(LinkState(kind, attempt, delay, error))
-                await asyncio.sleep(delay)
+                await self._wait_to_retry(delay)
             attempt += 1
             self._report(LinkState(kind, attempt, 0.0, error))
             try:
@@ -285,6 +288,38 @@ class Link:
             self._install(channel)
             self._report(LinkState("connected", attempt, pinned=pinned))
             return channel
+
+    async def _wait_to_retry(self, delay: float) -> None:
+        """Waits `delay` seconds, or less once a path that was down answers
+        again: a link coming back resumes within a probe interval instead of
+        after the rest of a backoff step. A path that answers from the start
+        (the agent refused us for another reason) gets the full delay, so a
+        failing agent is never hammered."""
+        deadline = asyncio.get_running_loop().time() + delay
+        if await self._agent_answers():
+            await asyncio.sleep(delay)
+            return
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.sleep(min(REACHABILITY_PROBE_INTERVAL, left))
+            if await self._agent_answers():
+                return
+
+    async def _agent_answers(self) -> bool:
+        """A cheap sign of the agent itself: its TLS handshake, or with
+        plaintext a TCP connection (a relay in the path may accept that)."""
+        try:
+            address = await self._dialer.dial()
+            if not self.run.insecure_loopback:
+                await tls.fetch_certificate(address, PROBE_TIMEOUT)
+                return True
+            host, _, port = address.rpartition(":")
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), PROBE_TIMEOUT
+            )
+        except (TetherError, OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def _connect_once(self) -> tuple[grpc.aio.Channel, str | None]:
         """One attempt: dial, check the certificate, Info. Returns the channel
