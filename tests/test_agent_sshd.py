@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+import grpc
 import pytest
 
 from agent.errors import InvalidArgument
-from agent.sshd import SshServer
+from agent.sshd import SshServer, agent_user
+from protos import agent_pb2 as pb
+from protos.agent_pb2_grpc import AgentStub
+from tests.agent_harness import METADATA, channel_to, running_agent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +29,8 @@ pytestmark = pytest.mark.timeout(60)
 class Client:
     """How the OpenSSH tools reach one running SshServer."""
 
-    server: SshServer
+    port: int
+    user: str
     key: Path
     known_hosts: Path
 
@@ -36,7 +41,7 @@ class Client:
             "-i",
             str(self.key),
             "-o",
-            f"Port={self.server.port}",
+            f"Port={self.port}",
             "-o",
             f"UserKnownHostsFile={self.known_hosts}",
             "-o",
@@ -53,7 +58,7 @@ class Client:
 
     @property
     def target(self) -> str:
-        return f"{self.server.user}@127.0.0.1"
+        return f"{self.user}@127.0.0.1"
 
     def ssh(self, *command: str) -> list[str]:
         return ["ssh", *self.options(), self.target, *command]
@@ -73,9 +78,13 @@ async def sshd(tmp_path: Path) -> AsyncIterator[Client]:
     public = keygen(tmp_path / "id_ed25519")
     async with SshServer(tmp_path / "state") as server:
         assert server.authorize(public)
-        known_hosts = tmp_path / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{server.port} {server.host_public_key}\n")
-        yield Client(server, tmp_path / "id_ed25519", known_hosts)
+        yield client_of(tmp_path, server.port, server.user, server.host_public_key)
+
+
+def client_of(tmp_path: Path, port: int, user: str, host_public_key: str) -> Client:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_public_key}\n")
+    return Client(port, user, tmp_path / "id_ed25519", known_hosts)
 
 
 async def run(argv: list[str], stdin: bytes = b"") -> tuple[int, bytes, bytes]:
@@ -109,10 +118,11 @@ def test_exec_output_and_exit_codes(tmp_path: Path) -> None:
 def test_wrong_user_and_unknown_key_are_refused(tmp_path: Path) -> None:
     async def main() -> None:
         async with sshd(tmp_path) as client:
+            assert client.user == agent_user()
             stranger = ["ssh", *client.options(), "nobody-else@127.0.0.1", "true"]
             assert (await run(stranger))[0] == 255
             keygen(tmp_path / "other")
-            other = Client(client.server, tmp_path / "other", client.known_hosts)
+            other = Client(client.port, client.user, tmp_path / "other", client.known_hosts)
             assert (await run(other.ssh("true")))[0] == 255
 
     asyncio.run(main())
@@ -124,8 +134,8 @@ def test_death_by_signal_is_reported_as_exit_signal(tmp_path: Path) -> None:
             sshd(tmp_path) as client,
             asyncssh.connect(
                 "127.0.0.1",
-                client.server.port,
-                username=client.server.user,
+                client.port,
+                username=client.user,
                 client_keys=[str(client.key)],
                 known_hosts=str(client.known_hosts),
             ) as conn,
@@ -240,8 +250,8 @@ def test_direct_tcpip_reaches_loopback_only(tmp_path: Path) -> None:
             sshd(tmp_path) as client,
             asyncssh.connect(
                 "127.0.0.1",
-                client.server.port,
-                username=client.server.user,
+                client.port,
+                username=client.user,
                 client_keys=[str(client.key)],
                 known_hosts=str(client.known_hosts),
             ) as conn,
@@ -278,5 +288,26 @@ def test_host_key_is_kept_across_restarts(tmp_path: Path) -> None:
         async with SshServer(tmp_path / "state") as second:
             assert second.host_public_key == key
         assert (tmp_path / "state" / "ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
+
+    asyncio.run(main())
+
+
+def test_authorize_over_grpc_then_log_in(tmp_path: Path) -> None:
+    async def main() -> None:
+        public = keygen(tmp_path / "id_ed25519")
+        async with (
+            running_agent(state_dir=tmp_path / "agent") as agent,
+            channel_to(agent) as channel,
+        ):
+            stub = AgentStub(channel)
+            bad = pb.AuthorizeSshKeyRequest(public_key="ssh-ed25519 nonsense")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.AuthorizeSshKey(bad, metadata=METADATA)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            request = pb.AuthorizeSshKeyRequest(public_key=public)
+            reply = await stub.AuthorizeSshKey(request, metadata=METADATA)
+            assert await stub.AuthorizeSshKey(request, metadata=METADATA) == reply
+            client = client_of(tmp_path, reply.port, reply.user, reply.host_public_key)
+            assert await run(client.ssh("echo", "ok")) == (0, b"ok\n", b"")
 
     asyncio.run(main())
