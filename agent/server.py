@@ -20,18 +20,19 @@ from agent import tls
 from agent.auth import TokenInterceptor
 from agent.config import AgentConfig
 from agent.errors import InvalidArgument
+from agent.forward_policy import ForwardPolicy
+from agent.forwarding import ForwardTable
 from agent.gpu import GpuProbe
 from agent.lifetime import Lifetime
+from agent.service.forward import ForwardService
 from agent.service.info import Identity, InfoService
 from agent.service.lifetime import LifetimeService
 from agent.service.registry import build_handler
 from agent.service.shell import ShellService
 from agent.service.status import StatusService
 from agent.service.tmux import TmuxService
-from agent.service.ssh import SshService
 from agent.service.vscode import VscodeService
 from agent.session_table import SessionTable, home_dir
-from agent.sshd import SshServer
 from agent.system import SystemProbe
 from agent.tmux import TmuxManager
 from agent.vscode_cli import CliSource
@@ -76,6 +77,12 @@ class AgentServer:
             max_sessions=config.max_sessions,
             tmux_argv=self.tmux.attach_argv,
         )
+        self.forwards = ForwardTable(
+            ForwardPolicy(config.forward_allowlist),
+            max_forwards=config.max_forwards,
+            grace=config.forward_grace,
+            buffer=config.forward_buffer,
+        )
         self.gpu = GpuProbe(nvml_module=nvml_module)
         source = CliSource(
             cache_dir=config.state_dir / "vscode",
@@ -83,7 +90,6 @@ class AgentServer:
             url=config.vscode_url,
             sha256=config.vscode_sha256,
         )
-        self.sshd = SshServer(config.state_dir)
         self.vscode = VscodeManager(
             source,
             default_tunnel_name(config.run_name, config.rank),
@@ -108,9 +114,12 @@ class AgentServer:
         )
         return [
             InfoService(
-                identity, counts=lambda: (len(self.sessions), 0), deadline=self.lifetime.deadline
+                identity,
+                counts=lambda: (len(self.sessions), len(self.forwards)),
+                deadline=self.lifetime.deadline,
             ),
             ShellService(self.sessions),
+            ForwardService(self.forwards),
             TmuxService(self.tmux),
             StatusService(
                 self.gpu,
@@ -119,7 +128,6 @@ class AgentServer:
                 self.config.rank,
             ),
             VscodeService(self.vscode),
-            SshService(self.sshd),
             LifetimeService(self.lifetime),
         ]
 
@@ -171,10 +179,10 @@ class AgentServer:
         self.lifetime.close()
         await self.lifetime.wait_closed()
         await self.sessions.close()
+        self.forwards.close()
+        await self.forwards.wait_closed()
         self.vscode.close()
         await self.vscode.wait_closed()
-        self.sshd.close()
-        await self.sshd.wait_closed()
         self.gpu.close()
         if self._server is not None:
             with contextlib.suppress(asyncio.CancelledError):
