@@ -31,8 +31,10 @@ from agent.service.registry import build_handler
 from agent.service.shell import ShellService
 from agent.service.status import StatusService
 from agent.service.tmux import TmuxService
+from agent.service.ssh import SshService
 from agent.service.vscode import VscodeService
 from agent.session_table import SessionTable, home_dir
+from agent.sshd import SshServer
 from agent.system import SystemProbe
 from agent.tmux import TmuxManager
 from agent.vscode_cli import CliSource
@@ -90,6 +92,7 @@ class AgentServer:
             url=config.vscode_url,
             sha256=config.vscode_sha256,
         )
+        self.sshd = SshServer(config.state_dir)
         self.vscode = VscodeManager(
             source,
             default_tunnel_name(config.run_name, config.rank),
@@ -128,6 +131,7 @@ class AgentServer:
                 self.config.rank,
             ),
             VscodeService(self.vscode),
+            SshService(self.sshd),
             LifetimeService(self.lifetime),
         ]
 
@@ -183,6 +187,8 @@ class AgentServer:
         await self.forwards.wait_closed()
         self.vscode.close()
         await self.vscode.wait_closed()
+        self.sshd.close()
+        await self.sshd.wait_closed()
         self.gpu.close()
         if self._server is not None:
             with contextlib.suppress(asyncio.CancelledError):
