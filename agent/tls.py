@@ -4,16 +4,12 @@ The connector pins the SHA-256 of the certificate (trust on first use, as
 ssh's known_hosts does), so a self-signed certificate is all that is needed.
 """
 
+import base64
 import datetime
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 CERT_NAME = "tether-agent"
 
@@ -25,11 +21,20 @@ class TlsIdentity:
 
     @property
     def fingerprint(self) -> str:
-        der = x509.load_pem_x509_certificate(self.cert_pem).public_bytes(serialization.Encoding.DER)
-        return hashlib.sha256(der).hexdigest()
+        """SHA-256 of the certificate's DER, read straight from the PEM."""
+        body = self.cert_pem.split(b"-----BEGIN CERTIFICATE-----", 1)[1]
+        body = body.split(b"-----END CERTIFICATE-----", 1)[0]
+        return hashlib.sha256(base64.b64decode(b"".join(body.split()))).hexdigest()
 
 
 def _make_self_signed() -> TlsIdentity:
+    # Imported here: only the first start makes a certificate, and the
+    # library is a tenth of an idle agent's memory.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CERT_NAME)])
     now = datetime.datetime.now(datetime.UTC)
