@@ -14,15 +14,35 @@ from connector.remote_session import interactive, piped
 from connector.terminal import StatusLine
 from protos import agent_pb2 as pb
 
+DEFAULT_TMUX_SESSION = "main"
+
+
+def with_default_tmux_name(args: list[str]) -> list[str]:
+    """`connect --tmux` with no name means the session "main" (a bare option
+    value, which click cannot express): a `--tmux` that ends the line or is
+    followed by another option gets the default name inserted."""
+    if "connect" not in args:
+        return args
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--tmux" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, DEFAULT_TMUX_SESSION)
+            break
+    return out
+
+
 RunArg = Annotated[str | None, typer.Argument(help="The run (default: the only configured run).")]
 RankOpt = Annotated[int, typer.Option("--rank", "-r", min=0, help="Which node of the run.")]
 
 
 def _state_reporter(status: StatusLine) -> Callable[[LinkState], None]:
     def report(state: LinkState) -> None:
-        if state.kind == "reconnecting":
+        # A first connection that fails is retried too, and must show it.
+        if state.kind == "reconnecting" or (state.kind == "connecting" and state.error):
             detail = f": {state.error}" if state.error else ""
-            status.update(f"tether: reconnecting ({state.retry_in:.0f}s){detail}")
+            status.update(f"tether: {state.kind} ({state.retry_in:.0f}s){detail}")
 
     return report
 
@@ -53,7 +73,7 @@ def connect(
         str | None,
         typer.Option(
             "--tmux",
-            help="Create or attach to this tmux session (default name: main).",
+            help="Create or attach to this tmux session; a bare --tmux means 'main'.",
             show_default=False,
         ),
     ] = None,
