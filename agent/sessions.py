@@ -6,6 +6,12 @@ stalls on an absent laptop. While a client is attached and the buffer is
 full, reading pauses until the client acknowledges (the backpressure ssh
 gives); while none is attached, the oldest bytes are dropped and a later
 resume is told the size of the gap.
+
+A link cut detaches the client mid-transfer, when the buffer holds up to its
+limit of unsent output plus what was in flight. None of that is dropped on
+detach: the client may not have received it. While detached, the buffer
+keeps those bytes plus up to its limit of new output, so a short outage
+during bulk output loses nothing, and a long one keeps the newest bytes.
 """
 
 import asyncio
@@ -65,6 +71,8 @@ class Session:
         self.spec = spec
         self.child = child
         self.output = Outbox(output_limit)
+        # While detached, the oldest bytes beyond this many are dropped.
+        self._detached_room = output_limit
         self.input_offset = 0
         self.exit: ExitStatus | None = None
         self.created = time.time()
@@ -136,7 +144,7 @@ class Session:
     def _apply_output_limit(self) -> None:
         buffer = self.output.buffer
         if self.attachment is None:
-            buffer.discard_overflow()
+            self._drop_detached_overflow()
             return
         # Attached: what has been sent is bounded by HTTP/2 flow control and
         # waits for its ack; only the unsent backlog pauses the reader.
@@ -157,7 +165,10 @@ class Session:
                 self._paused.discard(fd)
                 self._loop.add_reader(fd, self._on_readable, fd, channel)
         if self.attachment is None:
-            self.output.buffer.discard_overflow()
+            self._drop_detached_overflow()
+
+    def _drop_detached_overflow(self) -> None:
+        self.output.buffer.keep_newest(self._detached_room)
 
     def ack_output(self, offset: int) -> None:
         self.output.ack(offset)
@@ -302,11 +313,11 @@ class Session:
     def detach(self, owner: object) -> None:
         if self.attachment is owner:
             self.attachment = None
+            buffer = self.output.buffer
+            self._detached_room = buffer.size + buffer.limit
             self.touch()
             if self._paused:
                 self._resume_reading()
-            else:
-                self.output.buffer.discard_overflow()
 
     async def terminate(self, grace: float = 2.0) -> None:
         await self.child.terminate(grace)

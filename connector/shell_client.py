@@ -114,7 +114,6 @@ class ShellClient:
         self._size: tuple[int, int] | None = None
         self._pending_signals: list[int] = []
         self._wake = Wakeup()
-        self._lost_this_attempt = 0
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_now = False
         self.lost_bytes = 0
@@ -192,13 +191,21 @@ class ShellClient:
             opened = await self._read_opened(call)
             self._opened_once = True
             self._input.ack(opened.input_offset)
-            self._lost_this_attempt = 0
+            if outage_started is not None:
+                # The agent resumes from its oldest byte when ours is gone:
+                # the difference is the gap that its first frame reports.
+                lost = max(0, opened.output_offset - self._output.offset)
+                self._on_event(Resumed(lost, time.monotonic() - outage_started))
             writer = asyncio.ensure_future(self._write_loop(call, opened.input_offset))
             try:
-                result = await self._read_loop(call, outage_started)
+                result = await self._read_loop(call)
             finally:
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                # A write on a call that has just ended fails with
+                # InvalidStateError; the reader has the real story.
+                with contextlib.suppress(
+                    asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.AioRpcError
+                ):
                     await writer
             return result
         finally:
@@ -213,17 +220,12 @@ class ShellClient:
             raise _StreamBroken("the agent did not answer the open")
         return frame.opened
 
-    async def _read_loop(self, call: Any, outage_started: float | None) -> ExitResult:
-        resumed_reported = outage_started is None
+    async def _read_loop(self, call: Any) -> ExitResult:
         while True:
             raw = await call.read()
             if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
                 raise _StreamBroken("the stream ended without an exit")
             frame = SHELL_SERVER.decode(raw)
-            if not resumed_reported:
-                resumed_reported = True
-                assert outage_started is not None
-                self._on_event(Resumed(self._lost_this_attempt, time.monotonic() - outage_started))
             if isinstance(frame, Data):
                 channel = STDERR if frame.field == SHELL_STDERR else STDOUT
                 self._output.take(len(frame.data))
@@ -240,7 +242,6 @@ class ShellClient:
                     self._on_input_room()
             elif kind == "gap":
                 self._output.take(frame.gap.size)
-                self._lost_this_attempt += frame.gap.size
                 self.lost_bytes += frame.gap.size
             elif kind == "notice":
                 self._on_event(NoticeEvent(frame.notice.text))

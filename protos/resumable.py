@@ -59,11 +59,6 @@ class SendBuffer:
     def size(self) -> int:
         return self._end - self._start
 
-    @property
-    def overflow(self) -> int:
-        """How many bytes over the limit the buffer holds."""
-        return max(0, self.size - self.limit)
-
     def append(self, data: bytes, channel: int = 0) -> None:
         if not data:
             return
@@ -94,9 +89,9 @@ class SendBuffer:
             raise StreamError(f"ack for offset {offset} beyond the {self._end} bytes sent")
         return self.release(offset)
 
-    def discard_overflow(self) -> int:
-        """Drops the oldest bytes until the buffer is within its limit."""
-        return self.release(self._start + self.overflow)
+    def keep_newest(self, count: int) -> int:
+        """Drops the oldest bytes beyond the newest `count`; returns how many."""
+        return self.release(self._end - count)
 
     def read(self, offset: int, max_bytes: int) -> Chunk:
         """Up to `max_bytes` of one channel from `offset` (start <= offset < end)."""

@@ -2,8 +2,9 @@
 
 A sender with a SendBuffer and a receiver with a ReceiveCursor talk over a
 connection that can be cut at any moment, losing whatever frames and acks
-were in flight. While no connection is up the sender may, as the agent's PTY
-policy does, drop its oldest bytes beyond the limit. Whatever the sequence of
+were in flight. While no connection is up the sender may, as the agent's
+session policy does, drop its oldest bytes: it keeps what it held at the cut
+plus up to its limit of newer ones. Whatever the sequence of
 writes, deliveries, acks, cuts and resumes, the receiver must see the
 sender's stream exactly once and in order, with every hole reported as a gap
 of exactly the size of the bytes that were dropped.
@@ -49,6 +50,7 @@ class ResumableStream(RuleBasedStateMachine):
         self.connected = True
         self.send_offset = 0  # how far this connection has transmitted
         self.highest_ack = 0
+        self.detached_room = limit
 
     # ------------------------------------------------------------ the sender
 
@@ -58,12 +60,9 @@ class ResumableStream(RuleBasedStateMachine):
         self.written += data
         self.written_channels += bytes([channel]) * len(data)
         if not self.connected and self.drop_when_detached:
-            self._discard_overflow()
-
-    def _discard_overflow(self) -> None:
-        start = self.buffer.start
-        dropped = self.buffer.discard_overflow()
-        self.dropped.update(range(start, start + dropped))
+            start = self.buffer.start
+            dropped = self.buffer.keep_newest(self.detached_room)
+            self.dropped.update(range(start, start + dropped))
 
     @precondition(lambda self: self.connected)
     @rule(max_bytes=st.integers(1, 50))
@@ -105,8 +104,7 @@ class ResumableStream(RuleBasedStateMachine):
         self.in_flight.clear()
         self.acks_in_flight.clear()
         self.connected = False
-        if self.drop_when_detached:
-            self._discard_overflow()
+        self.detached_room = self.buffer.size + self.buffer.limit
 
     @precondition(lambda self: not self.connected)
     @rule()
