@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates protos/agent_pb2*.py[i] from protos/agent.proto with the pinned
+# Regenerates protos/*_pb2*.py[i] from protos/*.proto with the pinned
 # generators in protos/requirements-gen.txt. `--check` regenerates into a
 # scratch copy and fails when the committed files differ.
 set -euo pipefail
@@ -18,17 +18,18 @@ fi
 generate() {  # $1: the directory that holds protos/
   (cd "$1" && "$python" -m grpc_tools.protoc -I . \
     --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-    protos/agent.proto)
+    protos/agent.proto protos/daemon.proto)
 }
 
 if [[ "${1:-}" == "--check" ]]; then
   scratch="$(mktemp -d)"
   trap 'rm -rf "$scratch"' EXIT
   mkdir -p "$scratch/protos"
-  cp "$root/protos/agent.proto" "$scratch/protos/"
+  cp "$root/protos/agent.proto" "$root/protos/daemon.proto" "$scratch/protos/"
   generate "$scratch"
   status=0
-  for f in agent_pb2.py agent_pb2.pyi agent_pb2_grpc.py agent_pb2_grpc.pyi; do
+  for f in {agent,daemon}_pb2.py {agent,daemon}_pb2.pyi {agent,daemon}_pb2_grpc.py \
+    {agent,daemon}_pb2_grpc.pyi; do
     if ! diff -q "$scratch/protos/$f" "$root/protos/$f" >/dev/null; then
       echo "gen_protos: protos/$f differs from a fresh generation; run scripts/gen_protos.sh" >&2
       status=1
