@@ -2,6 +2,7 @@
 path from a real agent to a real `ssh` through the generated config."""
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,26 @@ def test_ssh_config_provisions_the_agent(run_home: Path, agent_run: RunConfig) -
     assert again.exit_code == 0 and path.read_text() == text
     agent_keys = run_home / "agent-state" / "ssh_authorized_keys"
     assert len(agent_keys.read_text().splitlines()) == 1
+
+
+def test_real_ssh_scp_and_exit_codes_through_the_proxy(
+    run_home: Path, agent_run: RunConfig
+) -> None:
+    path = run_home / "ssh" / "config"
+    result = CliRunner().invoke(app, ["ssh-config", "train", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    options = ["-F", str(path), "-o", "BatchMode=yes"]
+    ssh = subprocess.run(
+        ["ssh", *options, "tether-train", "echo", "ok"], capture_output=True, timeout=30
+    )
+    assert (ssh.returncode, ssh.stdout) == (0, b"ok\n"), ssh.stderr
+    failing = subprocess.run(["ssh", *options, "tether-train-r0", "exit 9"], timeout=30)
+    assert failing.returncode == 9
+    source = run_home / "payload.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    there = run_home / "copied.bin"
+    scp = subprocess.run(
+        ["scp", *options, str(source), f"tether-train:{there}"], capture_output=True, timeout=30
+    )
+    assert scp.returncode == 0, scp.stderr
+    assert there.read_bytes() == source.read_bytes()

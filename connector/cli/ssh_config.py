@@ -40,21 +40,26 @@ def tether_executable() -> str:
     return shutil.which("tether") or "tether"
 
 
-async def authorize(run: RunConfig, rank: int, public_key: str) -> pb.AuthorizeSshKeyReply:
-    """Gives `rank`'s agent tether's public key; its SSH server answers."""
+async def authorize(link: Link, public_key: str) -> pb.AuthorizeSshKeyReply:
+    """Gives the agent tether's public key; its SSH server answers with its
+    port, user and host key (and starts, the first time)."""
     request = pb.AuthorizeSshKeyRequest(public_key=public_key)
+    try:
+        async with asyncio.timeout(AUTHORIZE_TIMEOUT):
+            return await link.call("AuthorizeSshKey", request, pb.AuthorizeSshKeyReply)
+    except TimeoutError:
+        raise LinkError(
+            f"run {link.run.name} rank {link.rank} did not answer in {AUTHORIZE_TIMEOUT:g}s"
+        ) from None
+
+
+async def _authorize_rank(run: RunConfig, rank: int, public_key: str) -> pb.AuthorizeSshKeyReply:
     async with Link(run, rank) as link:
-        try:
-            async with asyncio.timeout(AUTHORIZE_TIMEOUT):
-                return await link.call("AuthorizeSshKey", request, pb.AuthorizeSshKeyReply)
-        except TimeoutError:
-            raise LinkError(
-                f"run {run.name} rank {rank} did not answer in {AUTHORIZE_TIMEOUT:g}s"
-            ) from None
+        return await authorize(link, public_key)
 
 
 async def _rank_hosts(run: RunConfig, public_key: str) -> list[ssh_config.RankHost]:
-    replies = await asyncio.gather(*(authorize(run, rank, public_key) for rank in run.ranks))
+    replies = await asyncio.gather(*(_authorize_rank(run, rank, public_key) for rank in run.ranks))
     return [
         ssh_config.RankHost(rank, reply.user, ssh.host_key_line(reply.host_public_key))
         for rank, reply in zip(run.ranks, replies, strict=True)
