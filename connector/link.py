@@ -23,10 +23,11 @@ import grpc
 from google.protobuf.message import Message
 
 from connector import config, tls
+from connector.address import parse_address, parse_jump
 from connector.backoff import Backoff
 from connector.config import RunConfig
 from connector.dialer import Dialer, DirectDialer
-from connector.errors import ConfigError, FatalLinkError, LinkError, RemoteError, TetherError
+from connector.errors import FatalLinkError, LinkError, RemoteError, TetherError
 from protos import agent_pb2 as pb
 from protos.agent_pb2_grpc import AgentStub
 from protos.version import PROTOCOL_VERSION
@@ -94,6 +95,14 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, run_name: str) -> TetherError
     return RemoteError(exc.code().name, exc.details() or "")
 
 
+def _dialer_for(run: RunConfig, address: str) -> Dialer:
+    if run.jump is None:
+        return DirectDialer(address)
+    from connector.ssh import JumpDialer  # asyncssh is only loaded for jump hosts
+
+    return JumpDialer(parse_jump(run.jump), parse_address(address))
+
+
 class Link:
     """One agent, reachable: an async context manager with close()/wait_closed()."""
 
@@ -112,9 +121,7 @@ class Link:
         self.rank = rank
         self.address = run.address_for(rank)
         if dialer is None:
-            if run.jump is not None:
-                raise ConfigError(f"run {run.name}: jump hosts need an SSH dialer")
-            dialer = DirectDialer(self.address)
+            dialer = _dialer_for(run, self.address)
         self._dialer = dialer
         self._on_state = on_state
         self._interval = heartbeat_interval

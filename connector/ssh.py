@@ -10,9 +10,12 @@ from pathlib import Path
 
 import asyncssh
 
-from connector.errors import ConfigError, RemoteError
+from connector.address import Address, JumpHost
+from connector.errors import ConfigError, FatalLinkError, LinkError, RemoteError
 
 CLIENT_KEY_FILE = "id_ed25519"
+SSH_KEEPALIVE_SECONDS = 10
+SSH_CONNECT_TIMEOUT = 10
 
 
 def ensure_client_key(directory: Path) -> tuple[Path, str]:
@@ -46,3 +49,84 @@ def host_key_line(text: str) -> str:
         ) from None
     kind, blob, *_ = key.export_public_key().decode().split()
     return f"{kind} {blob}"
+
+
+class JumpDialer:
+    """Reaches the agent through an SSH jump host (the Link's Dialer).
+
+    One SSH connection to the jump host, with keys from ssh-agent and ~/.ssh
+    and strict checking against ~/.ssh/known_hosts, carries a local port
+    forward to the agent; gRPC dials that loopback port. A connection that
+    dropped is made again on the next dial, so a lost SSH connection is
+    re-established as part of the link's own reconnect.
+    """
+
+    def __init__(
+        self,
+        jump: JumpHost,
+        target: Address,
+        *,
+        known_hosts: str | None = None,
+        client_keys: list[str] | None = None,
+    ) -> None:
+        self._jump = jump
+        self._target = target
+        self._known_hosts = known_hosts or str(Path.home() / ".ssh" / "known_hosts")
+        self._client_keys = client_keys
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._listener: asyncssh.SSHListener | None = None
+
+    def _alive(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.is_closed()
+
+    async def dial(self) -> str:
+        if not self._alive():
+            self._drop()
+            self._conn = await self._connect()
+            self._listener = await self._conn.forward_local_port(
+                "127.0.0.1", 0, self._target.host, self._target.port
+            )
+        assert self._listener is not None
+        return f"127.0.0.1:{self._listener.get_port()}"
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        options: dict[str, object] = {
+            "port": self._jump.port,
+            "known_hosts": self._known_hosts,
+            "keepalive_interval": SSH_KEEPALIVE_SECONDS,
+            "keepalive_count_max": 3,
+            "connect_timeout": SSH_CONNECT_TIMEOUT,
+        }
+        if self._jump.user:
+            options["username"] = self._jump.user
+        if self._client_keys is not None:
+            options["client_keys"] = self._client_keys
+        try:
+            return await asyncssh.connect(self._jump.host, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise FatalLinkError(
+                f"the jump host {self._jump} presented a host key that {self._known_hosts} "
+                f"does not have or does not match ({exc.reason}); if it changed on purpose, "
+                f"remove the old key with `ssh-keygen -R {self._jump.host}` and add the new one"
+            ) from None
+        except asyncssh.PermissionDenied as exc:
+            raise FatalLinkError(
+                f"the jump host {self._jump} refused our keys: {exc.reason}"
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise LinkError(f"cannot reach the jump host {self._jump}: {exc}") from None
+
+    def _drop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+    async def wait_closed(self) -> None:
+        """Nothing lingers: close() closed the listener and the connection."""
