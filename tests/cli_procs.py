@@ -85,6 +85,7 @@ class Laptop:
     """The connector's side: its own config and state dirs, and a token file."""
 
     home: Path
+    XDG_KEYS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME")
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
