@@ -45,6 +45,10 @@ class _Broken(Exception):
     """This attempt's stream failed in a way another attempt may fix."""
 
 
+class _AlreadyComplete(Exception):
+    """The agent finished the connection while its last frames were lost."""
+
+
 class _Refused(Exception):
     """The agent refused the connection, or a resume cannot succeed."""
 
@@ -69,7 +73,9 @@ class ForwardClient:
         self._link_wait = link_wait
         self._resume_limit = resume_limit
         self.connection_id = uuid.uuid4().hex
-        self._opened = False
+        self._opened = False  # the agent has answered an open of this connection
+        self._opened_now = False  # ... on the current attempt
+        self._last_open_failure = ""
         self.error: str | None = None
 
     async def run(self) -> Outcome:
@@ -78,6 +84,8 @@ class ForwardClient:
         outcome = Outcome.RESET
         try:
             outcome = await self._run()
+        except _AlreadyComplete:
+            outcome = Outcome.COMPLETE
         except _Refused as exc:
             self.error = str(exc)
         except StreamError as exc:
@@ -112,13 +120,35 @@ class ForwardClient:
             raise _Refused(f"the link to the run was down for {limit:g}s") from None
 
     async def _judge(self, exc: grpc.aio.AioRpcError, channel: grpc.aio.Channel) -> None:
-        """Returns when the failure is the link's (resume), raises _Refused when
-        it is the agent's own answer (a refused target, a forgotten connection)."""
-        details = exc.details() or exc.code().name
+        """Returns when another attempt may succeed (resume), raises _Refused
+        when the agent itself said no.
+
+        Once the agent has answered an open, only a fatal code is its own
+        word: anything else is the transport failing under the stream. Before
+        that, a target that refused and a link that broke can both read as
+        UNAVAILABLE; the open is idempotent, so it is tried once more on a
+        link found healthy, and the same answer twice is the agent's.
+        """
+        description = f"{exc.details() or exc.code().name} ({exc.code().name})"
+        if exc.code() == grpc.StatusCode.NOT_FOUND and self._finished_here():
+            raise _AlreadyComplete()
         if exc.code() in FATAL_CODES:
-            raise _Refused(f"{details} ({exc.code().name})")
-        if not (is_link_loss(exc) and await self._link.is_lost(channel)):
-            raise _Refused(f"{details} ({exc.code().name})")
+            raise _Refused(description)
+        if self._opened_now:
+            return
+        if await self._link.is_lost(channel):
+            return
+        if description == self._last_open_failure:
+            raise _Refused(description)
+        self._last_open_failure = description
+
+    def _finished_here(self) -> bool:
+        """Both directions ended and every byte of the agent's was taken:
+        all the agent waited for was our last ack, so a connection it no
+        longer knows was completed, not lost (a reset now would destroy
+        data the application has not read yet)."""
+        end = self.end
+        return self._opened and end.sent_eof and end.peer_eof and end.flushed == end.delivered
 
     def _open_frame(self) -> bytes:
         request = pb.ForwardOpen(
@@ -140,9 +170,10 @@ class ForwardClient:
             return None if raw is grpc.aio.EOF else bytes(raw)  # type: ignore[attr-defined]
 
         try:
+            self._opened_now = False
             await call.write(self._open_frame())
             opened = await self._read_opened(read)
-            self._opened = True
+            self._opened = self._opened_now = True
             if opened.send_offset != self.end.delivered:
                 raise StreamError(
                     f"the agent continues at {opened.send_offset}, "

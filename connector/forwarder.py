@@ -25,6 +25,8 @@ from protos.socket_stream import Outcome, SocketEnd
 LOOPBACK_BINDS = ("127.0.0.1", "::1")
 ANY_BINDS = ("0.0.0.0", "::")
 FORWARD_BUFFER = 4 << 20
+# Browsers and load tests open many connections at once; the kernel caps it.
+LISTEN_BACKLOG = 4096
 _MISSING_FAMILY = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
 
 
@@ -162,7 +164,9 @@ class Forwarder:
         try:
             for bind in self.spec.binds:
                 try:
-                    server = await loop.create_server(lambda: _Accepted(self), bind, self.port)
+                    server = await loop.create_server(
+                        lambda: _Accepted(self), bind, self.port, backlog=LISTEN_BACKLOG
+                    )
                 except OSError as exc:
                     if exc.errno in _MISSING_FAMILY and bind == "::1" and self._servers:
                         continue  # no IPv6 loopback here: 127.0.0.1 serves alone

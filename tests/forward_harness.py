@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.server import AgentServer
 from connector.backoff import Backoff
 from connector.config import RunConfig
@@ -46,6 +48,12 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
+async def assert_reset(reader: asyncio.StreamReader) -> None:
+    """The connection ends in a reset, not an EOF."""
+    with pytest.raises(ConnectionResetError):
+        await reader.read()
+
+
 def reset_socket(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -55,7 +63,7 @@ def reset_socket(writer: asyncio.StreamWriter) -> None:
 @contextlib.asynccontextmanager
 async def target(handler: Handler) -> AsyncIterator[int]:
     """A TCP server on 127.0.0.1 running `handler` per connection; yields its port."""
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=1024)
     async with server:
         yield server.sockets[0].getsockname()[1]
 
@@ -109,8 +117,6 @@ async def forwarding(
             port = proxy.port
         link = Link(
             _run_config(tmp_path, port),
-            heartbeat_interval=0.5,
-            heartbeat_timeout=1.0,
             backoff=Backoff(first=0.05, cap=0.4),
         )
         await stack.enter_async_context(link)
