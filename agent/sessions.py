@@ -308,6 +308,7 @@ class Session:
         self.attachment = owner
         self.sent_offset = self.output.buffer.start
         self.attach_changed.fire()
+        self.output.changed.fire()  # a displaced stream's pump says so and ends
         self.touch()
 
     def detach(self, owner: object) -> None:

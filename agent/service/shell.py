@@ -174,8 +174,13 @@ class Attachment:
             frame = SHELL_CLIENT.decode(raw)
             if isinstance(frame, Data):
                 await session.wait_input_space()
-                session.write_input(frame.data)
-                self._input_arrived()
+                if session.attachment is self:
+                    session.write_input(frame.data)
+                    self._input_arrived()
+                continue
+            if session.attachment is not self:
+                # Displaced: the client has moved to a newer stream and resends
+                # input there from the offset it was given; the pump ends this one.
                 continue
             kind = frame.WhichOneof("kind")
             if kind == "ack":
