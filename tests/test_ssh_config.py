@@ -1,7 +1,11 @@
 """`tether ssh-config`: the managed block in ~/.ssh/config, and the whole
 path from a real agent to a real `ssh` through the generated config."""
 
+import asyncio
+import hashlib
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +19,7 @@ from connector.cli.app import app
 from connector.config import RunConfig
 from connector.ssh_config import BEGIN, END, Files, RankHost
 from tests.agent_harness import agent_process
+from tests.test_connect_terminal import tmux_pane
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,3 +179,80 @@ def test_real_ssh_scp_and_exit_codes_through_the_proxy(
     )
     assert scp.returncode == 0, scp.stderr
     assert there.read_bytes() == source.read_bytes()
+
+
+def provisioned(run_home: Path) -> list[str]:
+    """`tether ssh-config train`, then the ssh options that use its file."""
+    path = run_home / "ssh" / "config"
+    result = CliRunner().invoke(app, ["ssh-config", "train", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    return ["-F", str(path), "-o", "BatchMode=yes"]
+
+
+def test_scp_and_sftp_through_the_proxy(run_home: Path, agent_run: RunConfig) -> None:
+    options = provisioned(run_home)
+    source, there, back = (run_home / name for name in ("source.bin", "there.bin", "back.bin"))
+    source.write_bytes(os.urandom(32 << 20))
+    for argv in (
+        ["scp", *options, str(source), f"tether-train:{there}"],
+        ["scp", *options, f"tether-train:{there}", str(back)],
+    ):
+        assert subprocess.run(argv, timeout=60).returncode == 0
+    assert (
+        hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+    )
+
+    batch = run_home / "batch"
+    batch.write_text(f"get {there} {run_home / 'sftp.bin'}\nls {run_home}\n")
+    sftp = subprocess.run(
+        ["sftp", "-b", str(batch), *options, "tether-train"], capture_output=True, timeout=60
+    )
+    assert sftp.returncode == 0, sftp.stderr
+    assert (run_home / "sftp.bin").read_bytes() == source.read_bytes()
+    assert b"there.bin" in sftp.stdout
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
+def test_rsync_of_1000_files_through_the_proxy(run_home: Path, agent_run: RunConfig) -> None:
+    options = provisioned(run_home)
+    tree, copy = run_home / "tree", run_home / "copy"
+    for index in range(1000):
+        path = tree / f"d{index % 10}" / f"f{index}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{index}\n")
+    rsync = [
+        "rsync",
+        "-a",
+        "-e",
+        shlex.join(["ssh", *options]),
+        f"{tree}/",
+        f"tether-train:{copy}/",
+    ]
+    assert subprocess.run(rsync, timeout=60).returncode == 0
+    copied = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    assert copied == sorted(p.relative_to(tree) for p in tree.rglob("*"))
+    assert all(
+        (copy / p).read_bytes() == (tree / p).read_bytes() for p in copied if (tree / p).is_file()
+    )
+
+
+def test_interactive_ssh_tt_in_a_real_terminal(run_home: Path, agent_run: RunConfig) -> None:
+    options = provisioned(run_home)
+    env = " ".join(
+        f"{key}={shlex.quote(os.environ[key])}"
+        for key in ("PATH", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+    )
+    shell = "PS1='tp> ' bash --norc --noprofile -i"
+    ssh = shlex.join(["ssh", *options, "-tt", "tether-train", shell])
+
+    async def main() -> None:
+        with tmux_pane() as pane:
+            pane.start(f"env {env} {ssh}; echo EXIT=$?; sleep 60")
+            await pane.wait_for(r"^tp> *$")
+            pane.run("tty; echo $((6*7))")
+            await pane.wait_for(r"^/dev/pts/\d+$")
+            await pane.wait_for(r"^42$")
+            pane.run("exit 3")
+            await pane.wait_for(r"^EXIT=3$")
+
+    asyncio.run(main())
