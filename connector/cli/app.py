@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from connector.cli import proxy, runs, shell, ssh_config
+from connector.cli import forward, proxy, runs, shell, ssh_config
 from connector.errors import TetherError
 from connector.terminal import escape_text
 
@@ -40,6 +40,7 @@ app = typer.Typer(
 app.add_typer(runs.app, name="runs")
 app.command("connect")(shell.connect)
 app.command("exec")(shell.exec_)
+app.command("forward")(forward.forward)
 app.command("ssh-config")(ssh_config.ssh_config_command)
 app.command("proxy")(proxy.proxy)
 
