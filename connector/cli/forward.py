@@ -19,6 +19,7 @@ from connector import config
 from connector.forwarder import Forwarder, ForwardSpec, ForwardStatus, parse_spec
 from connector.link import Link, LinkState
 from connector.terminal import escape_text
+from protos.memory import tune_malloc
 
 REFRESH_SECONDS = 1.0
 
@@ -110,4 +111,5 @@ def forward(
 ) -> None:
     """Forward local ports to ports in the run; they survive link outages."""
     parsed = [parse_spec(spec) for spec in specs]
+    tune_malloc()
     asyncio.run(serve(run, parsed, rank, ForwardView(sys.stderr)))
