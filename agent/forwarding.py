@@ -165,9 +165,10 @@ class ForwardTable:
         for connection in list(self._connections.values()):
             if connection.expiry is not None:
                 connection.expiry.cancel()
-            if connection.relay is not None:
-                connection.relay.displace()
-            self._expire(connection)
+            # An attached relay sends the reason as a Reset, then forgets it.
+            connection.end.reset("the agent is stopping")
+            if connection.relay is None:
+                self._forget(connection)
 
     async def wait_closed(self) -> None:
         while self._opening:

@@ -144,8 +144,11 @@ class SocketEnd(asyncio.Protocol):
 
     # ---------------------------------------------------------------- closing
 
-    def reset(self) -> None:
-        """Close with a RST, so the application sees a reset, not an EOF."""
+    def reset(self, reason: str | None = None) -> None:
+        """Close with a RST, so the application sees a reset, not an EOF;
+        with a `reason`, an attached relay tells the peer why."""
+        if reason is not None and self.error is None:
+            self.error = reason
         transport = self._transport
         if transport is None or self.lost:
             return

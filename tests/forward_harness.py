@@ -22,7 +22,7 @@ from agent.server import AgentServer
 from connector.backoff import Backoff
 from connector.config import RunConfig
 from connector.forwarder import Forwarder, parse_spec
-from connector.link import Link
+from connector.link import Link, LinkState
 from tests.agent_harness import TOKEN, running_agent
 from tests.faultproxy import FaultProxy
 
@@ -105,6 +105,7 @@ async def forwarding(
     *,
     fault_proxy: bool = False,
     link_wait: float = 10.0,
+    on_state: Callable[[LinkState], None] | None = None,
     **agent_config: Any,
 ) -> AsyncIterator[Setup]:
     """An agent, a Link (through a FaultProxy if asked) and a Forwarder for `spec`."""
@@ -117,6 +118,7 @@ async def forwarding(
             port = proxy.port
         link = Link(
             _run_config(tmp_path, port),
+            on_state=on_state,
             backoff=Backoff(first=0.05, cap=0.4),
         )
         await stack.enter_async_context(link)

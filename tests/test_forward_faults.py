@@ -3,11 +3,14 @@ grace period, down when a connection arrives; many connections at once; the
 agent's limit. The tests' FaultProxy sits between the connector and the agent."""
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.server import AgentServer
 from connector.forwarder import Forwarder, parse_spec
+from connector.link import LinkState
 from tests.faultproxy import ProxyStats
 from tests.forward_harness import (
     assert_reset,
@@ -158,6 +161,64 @@ def test_past_the_agent_limit_only_the_new_connection_fails(tmp_path: Path) -> N
             await assert_reset(reader)
             assert "RESOURCE_EXHAUSTED" in (setup.forwarder.status().last_error or "")
             for reader, writer in held:
+                sent, received = await echo_roundtrip(reader, writer, MiB, 65536)
+                assert received == sent
+
+    run_async(main)
+
+
+def test_blackholed_link_is_found_and_the_transfer_resumes(tmp_path: Path) -> None:
+    """The path stops passing bytes without closing anything: the link's
+    heartbeat finds it, and the transfer completes once the path is back."""
+
+    async def main() -> None:
+        reconnecting = asyncio.Event()
+
+        def on_state(state: LinkState) -> None:
+            if state.kind == "reconnecting":
+                reconnecting.set()
+
+        async with (
+            target(echo) as port,
+            forwarding(tmp_path, f"0:{port}", fault_proxy=True, on_state=on_state) as setup,
+        ):
+            proxy = setup.proxy
+            assert proxy is not None
+
+            async def blackhole_for_a_while() -> None:
+                await proxy.wait_until(carrying(1, 2 * MiB))
+                proxy.blackhole(True)
+                await reconnecting.wait()
+                proxy.blackhole(False)
+
+            outage = asyncio.ensure_future(blackhole_for_a_while())
+            reader, writer = await setup.connect()
+            sent, received = await echo_roundtrip(reader, writer, 8 * MiB, 64 * 1024)
+            assert received == sent
+            assert outage.done()
+
+    run_async(main)
+
+
+def test_agent_away_fails_clearly_and_the_listener_works_when_it_is_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with (
+            target(echo) as port,
+            forwarding(tmp_path, f"0:{port}", link_wait=0.5) as setup,
+        ):
+            agent_port = setup.agent.port
+            reader, writer = await setup.connect()
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            await setup.agent.close()
+            await assert_reset(reader)
+            assert "the agent is stopping" in (setup.forwarder.status().last_error or "")
+            reader, writer = await setup.connect()
+            await assert_reset(reader)
+            assert "down for 0.5s" in (setup.forwarder.status().last_error or "")
+            config = dataclasses.replace(setup.agent.config, port=agent_port)
+            async with AgentServer(config):
+                reader, writer = await setup.connect()
                 sent, received = await echo_roundtrip(reader, writer, MiB, 65536)
                 assert received == sent
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.forwarder import Forwarder, parse_spec
 from tests.forward_harness import (
     echo,
     echo_roundtrip,
@@ -42,6 +43,23 @@ def test_random_bytes_there_and_back_are_identical(tmp_path: Path, write_size: i
             assert received == sent
             status = setup.forwarder.status()
             assert status.bytes_out == status.bytes_in == _total(write_size)
+
+    run_async(main)
+
+
+def test_64_mib_through_two_forwards_chained(tmp_path: Path) -> None:
+    """client -> forward B -> agent -> forward A's listener -> agent -> echo."""
+
+    async def main() -> None:
+        async with (
+            target(echo) as port,
+            forwarding(tmp_path, f"0:{port}") as first,
+            Forwarder(first.link, parse_spec(f"0:{first.forwarder.port}")) as second,
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", second.port)
+            sent, received = await echo_roundtrip(reader, writer, 64 * MiB, MiB)
+            assert received == sent
+            assert first.forwarder.status().bytes_in == second.status().bytes_in == 64 * MiB
 
     run_async(main)
 
