@@ -136,9 +136,10 @@ class Finished:
 
 
 async def finish(proc: asyncio.subprocess.Process, stdin: bytes = b"") -> Finished:
-    """Feeds `stdin`, closes it, and collects everything until the exit."""
+    """Feeds `stdin` (when it is a pipe), closes it, and collects everything
+    until the exit."""
     async with asyncio.timeout(COMMAND_TIMEOUT):
-        stdout, stderr = await proc.communicate(stdin)
+        stdout, stderr = await proc.communicate(stdin if proc.stdin else None)
     assert proc.returncode is not None
     return Finished(proc.returncode, stdout, stderr)
 

@@ -4,11 +4,12 @@ repeat nothing, and bad input ends with a clear error instead of a hang."""
 import asyncio
 import hashlib
 import os
+import pty
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.cli_procs import Laptop, agent_serving, finish, read_until
+from tests.cli_procs import TETHER, Laptop, agent_serving, finish, read_until
 from tests.faultproxy import FaultProxy, ProxyStats
 
 MiB = 1 << 20
@@ -55,6 +56,59 @@ def test_output_across_cuts_is_exactly_seq(tmp_path: Path) -> None:
                 assert proxy.stats.cuts >= 3
         assert done.code == 0, done.stderr.decode()
         assert done.stdout == SEQ_OUTPUT
+        assert b"resumed, nothing lost" in done.stderr
+
+    asyncio.run(main())
+
+
+def read_all(fd: int) -> bytes:
+    """Everything the far end of a pty writes until it closes."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError:  # EIO: every slave fd is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_connect_shows_exactly_seq_on_its_terminal_across_cuts(tmp_path: Path) -> None:
+    """The same through `tether connect`: a remote PTY, shown on a local one.
+
+    stderr (the status line) goes to a pipe, so the local terminal holds
+    only the remote output, in which the remote PTY turned each LF into
+    CR LF. The buffer is 64 MiB for the reason given above.
+    """
+
+    async def main() -> None:
+        laptop = Laptop(tmp_path / "laptop")
+        with agent_serving(tmp_path / "agent", "--output-buffer-mib", "64", tls=False) as agent:
+            async with FaultProxy("127.0.0.1", agent.port) as proxy:
+                laptop.add_run("run", proxy.port, tls=False)
+                master, slave = pty.openpty()
+                proc = await asyncio.create_subprocess_exec(
+                    *[TETHER, "connect", "run", "--command", f"seq 1 {SEQ_COUNT}"],
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=laptop.env,
+                )
+                os.close(slave)
+                shown = asyncio.ensure_future(asyncio.to_thread(read_all, master))
+                cutter = asyncio.ensure_future(
+                    cut_when(proxy, down_at(2 * MiB), down_at(6 * MiB), down_at(10 * MiB))
+                )
+                try:
+                    done = await finish(proc)
+                    screen = await shown
+                finally:
+                    os.close(master)
+                assert cutter.done(), done.stderr.decode()
+        assert done.code == 0, done.stderr.decode()
+        assert screen == SEQ_OUTPUT.replace(b"\n", b"\r\n")
         assert b"resumed, nothing lost" in done.stderr
 
     asyncio.run(main())
