@@ -105,12 +105,9 @@ def ensure_base_image(podman: Podman) -> float | None:
         return None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tether-rootfs-") as rootfs:
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", SUITE, rootfs, apt_mirror()],
-            check=True,
-            capture_output=True,
-            timeout=PODMAN_TIMEOUT,
-        )
+        argv = ["debootstrap", "--variant=minbase", SUITE, rootfs, apt_mirror()]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PODMAN_TIMEOUT)
+        assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}{done.stderr}"
         # apt's downloaded packages and caches stay out, as in Debian's own slim images.
         tar_argv = ["tar", "-C", rootfs, "-c", "--exclude=./var/cache/apt/archives/*.deb"]
         tar_argv += ["--exclude=./var/cache/apt/*.bin", "."]
