@@ -56,6 +56,20 @@ def serve(
         float, typer.Option(min=0.0, help="A detached session ends after this idle time.")
     ] = 12.0,
     max_sessions: Annotated[int, typer.Option(min=1)] = 64,
+    forward_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="TETHER_FORWARD_ALLOW",
+            help="A host, address or CIDR network forwards may reach besides the "
+            "container's loopback (repeatable). Link-local and metadata addresses never.",
+        ),
+    ] = None,
+    forward_buffer_mib: Annotated[
+        float, typer.Option(min=0.0625, help="Unacknowledged bytes kept per forwarded connection.")
+    ] = 4.0,
+    forward_grace: Annotated[
+        float, typer.Option(min=0.0, help="Seconds a forwarded connection waits for a resume.")
+    ] = 60.0,
     max_duration: Annotated[
         float | None,
         typer.Option(
@@ -87,6 +101,9 @@ def serve(
             output_buffer=int(output_buffer_mib * MiB),
             idle_timeout=idle_timeout_hours * 3600,
             max_sessions=max_sessions,
+            forward_allowlist=tuple(forward_allow or ()),
+            forward_buffer=int(forward_buffer_mib * MiB),
+            forward_grace=forward_grace,
             max_duration_hours=max_duration,
         )
         asyncio.run(_serve(config))

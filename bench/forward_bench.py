@@ -111,6 +111,7 @@ def tether_forward(work: Path, target_port: int) -> Iterator[int]:
     env = {**os.environ, "XDG_CONFIG_HOME": str(work / "config"), "PYTHONUNBUFFERED": "1"}
     agent = [sys.executable, "-m", "agent", "serve", "--listen", "127.0.0.1:0"]
     agent += ["--insecure-loopback", "--token-file", str(token), "--state-dir", str(work / "s")]
+    agent += os.environ.get("BENCH_AGENT_ARGS", "").split()
     with spawned(agent, r"listening on [^ ]+:(\d+)", env) as agent_port:
         config = work / "config" / "tether"
         config.mkdir(parents=True, exist_ok=True)
