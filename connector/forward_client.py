@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from connector.errors import TetherError
 from connector.link import is_link_loss
 from connector.shell_client import FATAL_CODES, LinkLike
 from protos import agent_pb2 as pb
@@ -90,6 +91,8 @@ class ForwardClient:
             self.error = str(exc)
         except StreamError as exc:
             self.error = f"protocol error: {exc}"
+        except TetherError as exc:  # the link cannot be had (closed, wrong token)
+            self.error = str(exc)
         finally:
             if outcome is Outcome.COMPLETE:
                 self.end.close()

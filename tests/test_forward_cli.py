@@ -84,3 +84,16 @@ def test_bad_spec_and_port_in_use_are_one_clear_line(tmp_path: Path) -> None:
             assert f"tether: local port {busy} is already in use by " in err.decode()
 
     run_async(main)
+
+
+def test_a_wrong_token_ends_the_command_with_the_reason(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_agent() as agent:
+            env = _environment(tmp_path, agent.port)
+            (tmp_path / "token").write_text("not-the-token\n")
+            process = await _tether(env, "forward", "train", "0:80")
+            _, err = await process.communicate()
+            assert process.returncode == 255
+            assert "rejected the token" in err.decode()
+
+    run_async(main)

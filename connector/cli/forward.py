@@ -94,9 +94,18 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         link = await stack.enter_async_context(Link(run, rank, on_state=view.link_state))
         forwarders = [await stack.enter_async_context(Forwarder(link, spec)) for spec in specs]
+        # The listeners are up; a link that can never work (a wrong token, a
+        # certificate that does not match its pin) ends the command.
+        first_contact = asyncio.ensure_future(link.channel())
+        stack.callback(first_contact.cancel)
         while True:
             view.render(forwarders)
-            await asyncio.sleep(REFRESH_SECONDS)
+            if first_contact.done():
+                await asyncio.sleep(REFRESH_SECONDS)
+                continue
+            await asyncio.wait([first_contact], timeout=REFRESH_SECONDS)
+            if first_contact.done():
+                first_contact.result()  # raises what the link cannot get past
 
 
 def forward(
