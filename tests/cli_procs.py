@@ -42,16 +42,21 @@ class AgentProcess:
 
 @contextlib.contextmanager
 def agent_serving(
-    home: Path, *extra: str, tls: bool = True, port: int = 0
+    home: Path, *extra: str, tls: bool = True, port: int = 0, protocol: int | None = None
 ) -> Iterator[AgentProcess]:
     """`tether-agent serve` on 127.0.0.1:`port` (0: a free one), stopped on exit.
 
-    Its log goes to a file rather than to a pipe nobody reads, which would
-    fill and stall the agent in a long test.
+    `protocol` makes it an agent of another protocol version (set before any
+    agent module imports it). Its log goes to a file rather than to a pipe
+    nobody reads, which would fill and stall the agent in a long test.
     """
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"agent-{os.urandom(3).hex()}.log"
-    argv = [sys.executable, "-m", "agent", "serve", "--listen", f"127.0.0.1:{port}"]
+    program = ["-m", "agent"]
+    if protocol is not None:
+        setup = f"import protos.version as v; v.PROTOCOL_VERSION = {protocol}"
+        program = ["-c", f"{setup}; from agent.cli import main; main()"]
+    argv = [sys.executable, *program, "serve", "--listen", f"127.0.0.1:{port}"]
     argv += ["--token-file", str(write_token(home / "agent-token"))]
     argv += ["--state-dir", str(home / "agent-state"), *extra]
     if not tls:

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from protos.version import PROTOCOL_VERSION
 from tests.cli_procs import TETHER, Laptop, agent_serving, finish, read_until
 from tests.faultproxy import FaultProxy, ProxyStats
 
@@ -166,6 +167,17 @@ def test_a_wrong_token_is_a_clear_error_without_retries(tmp_path: Path) -> None:
     assert b"rejected the token" in done.stderr
     assert b"reconnecting" not in done.stderr and b"retry" not in done.stderr
     assert done.stdout == b""
+
+
+def test_a_protocol_mismatch_names_both_versions(tmp_path: Path) -> None:
+    laptop = Laptop(tmp_path / "laptop")
+    with agent_serving(tmp_path / "agent", tls=False, protocol=PROTOCOL_VERSION + 1) as agent:
+        laptop.add_run("run", agent.port, tls=False)
+        done = laptop.tether("exec", "run", "--", "echo", "never")
+    assert done.returncode == 255
+    message = done.stderr.decode()
+    assert f"protocol {PROTOCOL_VERSION + 1}" in message and f"{PROTOCOL_VERSION};" in message
+    assert "reconnecting" not in message and done.stdout == b""
 
 
 def test_an_unreachable_agent_shows_retries_and_ctrl_c_exits_at_once(tmp_path: Path) -> None:
