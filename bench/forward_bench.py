@@ -1,9 +1,11 @@
-"""Throughput of one TCP stream through `tether forward`, against raw loopback
-and socat measured in the same run.
+"""Throughput of one TCP stream through `tether forward` (TLS on and off),
+against raw loopback, socat and `ssh -L` (default cipher and aes128-gcm)
+measured in the same run, with the CPU seconds per GiB of the forwarding
+processes.
 
 Every party is its own process, as in use: the target (sends N bytes on
-connect, or counts what it receives), `tether-agent serve` (TLS off,
-loopback), `tether forward` and this client. Prints MB/s per direction.
+connect, or counts what it receives), `tether-agent serve`, `tether forward`
+(or socat, or ssh and sshd) and this client. Prints MB/s per direction.
 
     .venv/bin/python -m bench.forward_bench [--mib 256] [--rounds 3]
 """
@@ -20,10 +22,34 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 TOKEN = "bench-token-0123456789"
 BLOCK = 1 << 20
+
+
+@dataclass
+class Way:
+    """A way to reach the target: the port to connect to, and the processes
+    doing the forwarding (their CPU time is counted, children included)."""
+
+    port: int
+    pids: list[int]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                times = process.cpu_times()  # with children that have exited (socat forks)
+                total += times.user + times.system + times.children_user + times.children_system
+                for child in process.children(recursive=True):
+                    times = child.cpu_times()
+                    total += times.user + times.system
+        return total
 
 
 def _serve(listener: socket.socket, size: int) -> None:
@@ -92,49 +118,94 @@ def _port_from(process: subprocess.Popen[str], pattern: str) -> int:
 
 
 @contextlib.contextmanager
-def spawned(argv: list[str], pattern: str, env: dict[str, str]) -> Iterator[int]:
+def spawned(
+    argv: list[str], pattern: str, env: dict[str, str]
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """`argv` running, and the port its output names."""
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     try:
-        yield _port_from(process, pattern)
+        yield _port_from(process, pattern), process
     finally:
         process.terminate()
         process.wait(10)
 
 
+def _fingerprint(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "fingerprint SHA256:" in line:
+            return line.rsplit("SHA256:", 1)[1].strip()
+    raise RuntimeError("the agent printed no fingerprint")
+
+
 @contextlib.contextmanager
-def tether_forward(work: Path, target_port: int) -> Iterator[int]:
+def tether_forward(work: Path, target_port: int, *, tls: bool) -> Iterator[Way]:
+    work.mkdir()
     token = work / "token"
     token.write_text(TOKEN)
     token.chmod(0o600)
     env = {**os.environ, "XDG_CONFIG_HOME": str(work / "config"), "PYTHONUNBUFFERED": "1"}
     agent = [sys.executable, "-m", "agent", "serve", "--listen", "127.0.0.1:0"]
-    agent += ["--insecure-loopback", "--token-file", str(token), "--state-dir", str(work / "s")]
+    agent += ["--token-file", str(token), "--state-dir", str(work / "s")]
+    agent += [] if tls else ["--insecure-loopback"]
     agent += os.environ.get("BENCH_AGENT_ARGS", "").split()
-    with spawned(agent, r"listening on [^ ]+:(\d+)", env) as agent_port:
+    with spawned(agent, r"listening on [^ ]+:(\d+)", env) as (agent_port, agent_process):
+        pin = (
+            f'fingerprint = "{_fingerprint(agent_process)}"' if tls else "insecure_loopback = true"
+        )
         config = work / "config" / "tether"
         config.mkdir(parents=True, exist_ok=True)
         (config / "config.toml").write_text(
-            f'[runs.bench]\naddress = "127.0.0.1:{agent_port}"\n'
-            f'token_file = "{token}"\ninsecure_loopback = true\n'
+            f'[runs.bench]\naddress = "127.0.0.1:{agent_port}"\ntoken_file = "{token}"\n{pin}\n'
         )
         forward = [sys.executable, "-m", "connector", "forward", "bench", f"0:{target_port}"]
-        with spawned(forward, r"localhost:(\d+) -> ", env) as port:
-            yield port
+        with spawned(forward, r"localhost:(\d+) -> ", env) as (port, connector):
+            yield Way(port, [agent_process.pid, connector.pid])
 
 
 @contextlib.contextmanager
-def socat(target_port: int) -> Iterator[int]:
+def ssh_forward(work: Path, target_port: int, cipher: str | None) -> Iterator[Way]:
+    from tests.sshd import openssh_server
+
+    with openssh_server(work) as host:
+        port = free_port()
+        argv = ["ssh", *host.ssh_options(), "-N", "-L", f"{port}:127.0.0.1:{target_port}"]
+        argv += ["-c", cipher] if cipher else []
+        process = subprocess.Popen([*argv, f"{host.user}@{host.host}"])
+        try:
+            _wait_listening(port)
+            yield Way(port, [process.pid, _sshd_pid(host.port)])
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _sshd_pid(port: int) -> int:
+    for conn in psutil.net_connections(kind="tcp"):
+        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        if listening and conn.pid:
+            return conn.pid
+    raise RuntimeError("no sshd listening")
+
+
+def _wait_listening(port: int) -> None:
+    for _ in range(200):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def socat(target_port: int) -> Iterator[Way]:
     port = free_port()
     argv = ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"]
     process = subprocess.Popen([*argv, f"TCP:127.0.0.1:{target_port}"])
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                break
-            time.sleep(0.05)
-        yield port
+        _wait_listening(port)
+        yield Way(port, [process.pid])
     finally:
         process.terminate()
         process.wait(10)
@@ -147,11 +218,15 @@ def free_port() -> int:
         return port
 
 
-def report(name: str, port: int, size: int, rounds: int) -> None:
+def report(name: str, way: Way, size: int, rounds: int) -> None:
     for direction in ("down", "up"):
-        figures = [measure(port, size, direction) for _ in range(rounds)]
-        best = max(figures)
-        print(f"{name:16s} {direction:4s} best {best:8.0f} MB/s  all {[round(f) for f in figures]}")
+        cpu_before = way.cpu_seconds()
+        figures = [measure(way.port, size, direction) for _ in range(rounds)]
+        cpu_per_gib = (way.cpu_seconds() - cpu_before) / (size * rounds / (1 << 30))
+        print(
+            f"{name:24s} {direction:4s} best {max(figures):6.0f} MB/s  "
+            f"all {[round(f) for f in figures]}  CPU {cpu_per_gib:5.2f} s/GiB"
+        )
 
 
 def main() -> None:
@@ -161,13 +236,19 @@ def main() -> None:
     args = parser.parse_args()
     size = args.mib << 20
     print(f"one stream, {args.mib} MiB per transfer, loopback, {os.cpu_count()} CPUs")
-    with target(size) as port, tempfile.TemporaryDirectory() as work:
-        report("raw loopback", port, size, args.rounds)
+    with target(size) as port, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        report("raw loopback", Way(port, []), size, args.rounds)
         if shutil.which("socat"):
-            with socat(port) as socat_port:
-                report("socat", socat_port, size, args.rounds)
-        with tether_forward(Path(work), port) as forward_port:
-            report("tether forward", forward_port, size, args.rounds)
+            with socat(port) as way:
+                report("socat", way, size, args.rounds)
+        if shutil.which("sshd") or Path("/usr/sbin/sshd").exists():
+            for cipher in (None, "aes128-gcm@openssh.com"):
+                with ssh_forward(work / f"ssh-{cipher}", port, cipher) as way:
+                    report(f"ssh -L {cipher or 'default'}", way, size, args.rounds)
+        for tls in (True, False):
+            with tether_forward(work / f"tether-{tls}", port, tls=tls) as way:
+                report(f"tether forward TLS {'on' if tls else 'off'}", way, size, args.rounds)
 
 
 if __name__ == "__main__":
