@@ -320,9 +320,10 @@ class Link:
                 await tls.fetch_certificate(address, PROBE_TIMEOUT)
                 return True
             host, _, port = address.rpartition(":")
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port)), PROBE_TIMEOUT
-            )
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancel that lands as the connection fails, and close() then hangs.
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
         except (TetherError, OSError, TimeoutError):
             return False
         writer.close()
