@@ -311,3 +311,59 @@ def test_authorize_over_grpc_then_log_in(tmp_path: Path) -> None:
             assert await run(client.ssh("echo", "ok")) == (0, b"ok\n", b"")
 
     asyncio.run(main())
+
+
+def test_close_ends_sessions_and_their_children(tmp_path: Path) -> None:
+    async def main() -> None:
+        public = keygen(tmp_path / "id_ed25519")
+        server = SshServer(tmp_path / "state")
+        server.authorize(public)
+        await server.start()
+        client = client_of(tmp_path, server.port, server.user, server.host_public_key)
+        conn = await asyncssh.connect(
+            "127.0.0.1",
+            client.port,
+            username=client.user,
+            client_keys=[str(client.key)],
+            known_hosts=str(client.known_hosts),
+        )
+        process = await conn.create_process("echo $$; exec sleep 60")
+        pid = int(await process.stdout.readline())
+        server.close()
+        await server.wait_closed()
+        await conn.wait_closed()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    asyncio.run(main())
+
+
+def test_window_changes_and_signals_reach_the_child(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with (
+            sshd(tmp_path) as client,
+            asyncssh.connect(
+                "127.0.0.1",
+                client.port,
+                username=client.user,
+                client_keys=[str(client.key)],
+                known_hosts=str(client.known_hosts),
+            ) as conn,
+        ):
+            tty = await conn.create_process(
+                "stty size; read line; stty size", term_type="xterm", term_size=(80, 24)
+            )
+            assert (await tty.stdout.readline()).strip() == "24 80"
+            tty.change_terminal_size(100, 40)
+            tty.stdin.write("\n")
+            assert "40 100" in await tty.stdout.read()
+            assert (await tty.wait()).exit_status == 0
+
+            script = "trap 'echo got-usr1; exit 4' USR1; echo ready; while :; do sleep 0.1; done"
+            piped = await conn.create_process(script)
+            assert await piped.stdout.readline() == "ready\n"
+            piped.send_signal("USR1")
+            assert await piped.stdout.read() == "got-usr1\n"
+            assert (await piped.wait()).exit_status == 4
+
+    asyncio.run(main())
