@@ -58,7 +58,7 @@ def _load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
 
 
 def _public_line(key: asyncssh.SSHKey) -> str:
-    """ "type base64", without a comment."""
+    """The key as "type base64", without a comment."""
     kind, blob, *_ = key.export_public_key().decode().split()
     return f"{kind} {blob}"
 
@@ -80,9 +80,10 @@ def authorize(path: Path, line: str) -> bool:
     key = parse_public_key(line)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.touch(mode=0o600, exist_ok=True)
-    known = [parse_public_key(kept) for kept in path.read_text().splitlines() if kept.strip()]
-    if any(kept.public_data == key.public_data for kept in known):
-        return False
+    for kept in path.read_text().splitlines():
+        with contextlib.suppress(InvalidArgument):  # a line someone wrote by hand
+            if parse_public_key(kept).public_data == key.public_data:
+                return False
     with path.open("a") as f:
         f.write(key.export_public_key().decode())
     return True

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -111,6 +112,9 @@ def test_exec_output_and_exit_codes(tmp_path: Path) -> None:
             assert (code, out, err) == (7, b"out\n", b"err\n")
             code, out, _ = await run(client.ssh("tr a-z A-Z"), stdin=b"piped stdin\n")
             assert (code, out) == (0, b"PIPED STDIN\n")
+            setenv = ["ssh", "-o", "SetEnv=LANG=C.UTF-8 FOO=bar", *client.options(), client.target]
+            code, out, _ = await run([*setenv, "echo $LANG/$FOO/$HOME"])
+            assert (code, out) == (0, f"C.UTF-8//{pwd.getpwuid(os.getuid()).pw_dir}\n".encode())
 
     asyncio.run(main())
 
