@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from connector.cli import forward, proxy, runs, shell, ssh_config
+from connector.cli import describe, forward, lifetime, proxy, runs, shell, ssh_config, status, tmux
 from connector.errors import TetherError
 from connector.terminal import escape_text
 
@@ -43,6 +43,11 @@ app.command("exec")(shell.exec_)
 app.command("forward")(forward.forward)
 app.command("ssh-config")(ssh_config.ssh_config_command)
 app.command("proxy")(proxy.proxy)
+app.add_typer(tmux.app, name="tmux")
+app.command("status")(status.status)
+app.command("describe")(describe.describe)
+app.command("update")(lifetime.update)
+app.command("stop")(lifetime.stop)
 
 
 def main() -> None:
