@@ -6,6 +6,7 @@ with escape_text and cannot style or move the terminal. This module imports
 rich at import time, so commands import it lazily.
 """
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,7 +132,9 @@ def system_view(system: pb.SystemReport) -> RenderableType:
 
 
 def node_view(reply: pb.StatusReply) -> RenderableType:
-    title = Text(f"rank {reply.rank} · {escape_text(reply.hostname)}", style="bold")
+    """One node; the time of the report shows that a watch is live."""
+    at = time.strftime("%H:%M:%S", time.localtime(reply.time_unix_ms / 1000))
+    title = Text(f"rank {reply.rank} · {escape_text(reply.hostname)} · {at}", style="bold")
     return Group(title, gpu_view(reply.gpu), system_view(reply.system), Text(""))
 
 

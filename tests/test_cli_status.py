@@ -1,13 +1,21 @@
 """`tether status` and `tether describe` against real agents with a fake NVML."""
 
+import asyncio
 import json
+import os
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 from tests.cli_harness import add_run, agent_thread, laptop, tether
+from tests.cli_procs import TETHER
 from tests.fake_nvml import FakeGpu, FakeNvml, FakeProcess
+from tests.test_connect_terminal import tmux_pane
 
 __all__ = ["laptop"]  # the fixture, used by name
 
+XDG_KEYS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME")
 # Above the kernel's largest pid_max (2**22): a process of another pid namespace.
 FOREIGN_PID = 2**22 + 7
 
@@ -141,3 +149,37 @@ def test_describe_names_the_run_its_nodes_and_their_gpus(laptop: Path) -> None:
     node = json.loads(as_json.out)["nodes"]["0"]
     assert node["info"]["run_name"] == "train" and node["info"]["agent_version"]
     assert len(node["gpu"]["gpus"]) == 2
+
+
+def test_watch_json_prints_a_report_per_interval(laptop: Path) -> None:
+    with agent_thread(two_gpus()) as agent:
+        add_run("train", laptop, agent.address)
+        argv = [TETHER, "status", "train", "--watch", "--json", "--interval", "0.2", "--top", "0"]
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                assert proc.stdout is not None
+                first, second = (json.loads(proc.stdout.readline()) for _ in range(2))
+            finally:
+                proc.terminate()
+    assert first["gpu"]["gpus"][0]["uuid"] == "GPU-a"
+    assert second["time_unix_ms"] >= first["time_unix_ms"]
+
+
+def test_watch_refreshes_in_place_in_a_real_terminal(laptop: Path) -> None:
+    async def main(address: str) -> None:
+        add_run("train", laptop, address)
+        env = " ".join(f"{key}={shlex.quote(os.environ[key])}" for key in XDG_KEYS)
+        command = shlex.join([TETHER, "status", "train", "--watch", "--interval", "0.3"])
+        with tmux_pane() as pane:
+            pane.start(f"env {env} {command} --top 3; echo EXIT=$?; sleep 60")
+            header = r"rank 0 · \S+ · (\d\d:\d\d:\d\d)"
+            first = re.findall(header, await pane.wait_for(header))[0]
+            # The next report, with a later time, in the same place.
+            screen = await pane.wait_for(rf"rank 0 · \S+ · (?!{first})\d\d:\d\d:\d\d")
+            assert len(re.findall(r"rank 0 · ", screen)) == 1, screen
+            assert "GPU-a" not in screen and "NVIDIA H100" in screen
+            pane.press("C-c")
+            await pane.wait_for(r"^EXIT=130$")
+
+    with agent_thread(two_gpus()) as agent:
+        asyncio.run(main(agent.address))
