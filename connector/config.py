@@ -30,9 +30,15 @@ _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 RANK_PLACEHOLDER = "{rank}"
 
 
+# `tether forward list` and `tether forward stop` read these as subcommands.
+RESERVED_RUN_NAMES = frozenset({"list", "stop"})
+
+
 def validate_run_name(name: str) -> str:
     if not _RUN_NAME.fullmatch(name):
         raise ConfigError(f"run name {name!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    if name in RESERVED_RUN_NAMES:
+        raise ConfigError(f"run name {name!r} is reserved (`tether forward {name}`)")
     return name
 
 

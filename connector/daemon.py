@@ -221,7 +221,9 @@ class DaemonService(daemon_pb2_grpc.DaemonServicer):
         )
 
     async def Shutdown(self, request: pb.ShutdownRequest, context: Any) -> pb.ShutdownReply:
-        asyncio.get_running_loop().call_later(0.1, self._daemon.close)
+        """Replies once every listener is closed, so `daemon stop` means stopped."""
+        self._daemon.close()
+        await self._daemon.wait_closed()
         return pb.ShutdownReply()
 
 

@@ -63,8 +63,11 @@ async def interactive(
     *,
     escape_char: str = "~",
     status: StatusLine | None = None,
+    session_id: str | None = None,
+    attach: bool = False,
 ) -> int:
-    """A PTY session on the local terminal; returns the remote exit code."""
+    """A PTY session on the local terminal; returns the remote exit code, or
+    DISCONNECTED_EXIT_CODE after `~.` (the session then keeps running)."""
     status = status or StatusLine()
     escapes = EscapeFilter(escape_char)
     disconnected = asyncio.Event()
@@ -81,7 +84,14 @@ async def interactive(
 
     with RawTerminal(sys.stdin.fileno(), on_resize=lambda size: client.resize(*size)) as term:
         request.pty = True
-        client = ShellClient(link, request, on_output=_output, on_event=_reporter(status))
+        client = ShellClient(
+            link,
+            request,
+            on_output=_output,
+            on_event=_reporter(status),
+            session_id=session_id,
+            attach=attach,
+        )
         client.resize(*term.size())
         reader = StdinReader(
             sys.stdin.fileno(), typed, lambda: None, has_room=client.has_input_room

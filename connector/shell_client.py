@@ -99,6 +99,7 @@ class ShellClient:
         on_output: OutputSink,
         on_event: Callable[[Event], None] = lambda event: None,
         session_id: str | None = None,
+        attach: bool = False,
         on_input_room: Callable[[], None] = lambda: None,
     ) -> None:
         self._link = link
@@ -109,7 +110,8 @@ class ShellClient:
         self.session_id = session_id or uuid.uuid4().hex
         self._input = SendBuffer(INPUT_BUFFER_LIMIT)
         self._output = ReceiveCursor()
-        self._opened_once = False
+        # Set once the agent has the session: a later open must find it.
+        self._opened_once = attach
         self._input_eof = False
         self._size: tuple[int, int] | None = None
         self._pending_signals: list[int] = []

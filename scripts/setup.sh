@@ -8,7 +8,7 @@ cd "$root"
 
 # tmux, sshd/ssh, socat and iproute2 are exercised by the tests; podman,
 # debootstrap and runc build and run the run image; python3-venv makes .venv.
-packages=(tmux openssh-server openssh-client socat iproute2 podman debootstrap python3-venv)
+packages=(tmux openssh-server openssh-client socat iproute2 rsync podman debootstrap python3-venv)
 packages_without_recommends=(runc)
 
 missing_packages() {

@@ -1,6 +1,7 @@
 """The per-user daemon: background forwards that survive the CLI and a restart."""
 
 import asyncio
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -73,42 +74,46 @@ def test_background_forwards_survive_a_daemon_restart(tmp_path: Path, laptop: Da
         async with target(echo) as target_port:
             with agent_serving(tmp_path / "agent") as agent:
                 laptop.add_run("r", agent.port)
-                done = laptop.tether("daemon", "start")
-                assert done.returncode == 0, done.stderr.decode()
                 local = free_port()
-                script = f"""
-import asyncio, sys
-from connector.daemon_client import daemon_stub
-from protos import daemon_pb2 as pb
-async def main():
-    async with daemon_stub() as stub:
-        request = pb.AddForwardsRequest(run="r", specs=["{local}:{target_port}"])
-        reply = await stub.AddForwards(request)
-        print(reply.forwards[0].local_port)
-asyncio.run(main())
-"""
-                added = await asyncio.to_thread(_python, laptop, script)
-                assert added.strip() == str(local)
+                spec = f"{local}:{target_port}"
+                done = laptop.tether("forward", "r", spec, "--background")
+                assert done.returncode == 0, done.stderr.decode()
+                assert f"-> localhost:{local}".encode() in done.stdout
                 payload = os.urandom(300_000)
                 assert await asyncio.to_thread(round_trip, local, payload) == payload
+
+                listed = laptop.tether("forward", "list", "--json")
+                assert listed.returncode == 0, listed.stderr.decode()
+                [entry] = json.loads(listed.stdout)
+                assert (entry["run"], entry["spec"], entry["local_port"]) == ("r", spec, local)
 
                 assert laptop.tether("daemon", "stop").returncode == 0
                 with pytest.raises(OSError):
                     socket.create_connection(("127.0.0.1", local), timeout=2).close()
                 assert laptop.tether("daemon", "start").returncode == 0
-                status = laptop.tether("daemon", "status")
-                assert b"1 forwards" in status.stdout
+                assert b"1 forwards" in laptop.tether("daemon", "status").stdout
                 assert await asyncio.to_thread(round_trip, local, payload) == payload
+
+                stopped = laptop.tether("forward", "stop", "r", spec)
+                assert stopped.returncode == 0, stopped.stderr.decode()
+                with pytest.raises(OSError):
+                    socket.create_connection(("127.0.0.1", local), timeout=2).close()
+                again = laptop.tether("forward", "stop", "r")
+                assert again.returncode == 2
+                assert b"no background forwards of run r" in again.stderr
 
     asyncio.run(main())
 
 
-def _python(laptop: Laptop, script: str) -> str:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, env=laptop.env, timeout=60
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    return done.stdout.decode()
+def test_a_background_forward_on_a_port_in_use_is_refused(
+    tmp_path: Path, laptop: DaemonLaptop
+) -> None:
+    with agent_serving(tmp_path / "agent") as agent, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        laptop.add_run("r", agent.port)
+        done = laptop.tether("forward", "r", f"{port}:80", "--background")
+    assert done.returncode == 1
+    assert f"local port {port} is already in use".encode() in done.stderr
+    assert b"no background forwards" in laptop.tether("forward", "list").stdout

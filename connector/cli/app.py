@@ -6,12 +6,26 @@ place, the root group, so that no command prints a traceback for something
 the person can fix, and so that tests driving the app see the same output.
 """
 
+import sys
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
-from connector.cli import describe, forward, lifetime, proxy, runs, shell, ssh_config, status, tmux
+from connector.cli import (
+    daemon,
+    describe,
+    forward,
+    forwards,
+    lifetime,
+    proxy,
+    runs,
+    sessions,
+    shell,
+    ssh_config,
+    status,
+    tmux,
+)
 from connector.errors import TetherError
 from connector.terminal import escape_text
 
@@ -40,7 +54,10 @@ app = typer.Typer(
 app.add_typer(runs.app, name="runs")
 app.command("connect")(shell.connect)
 app.command("exec")(shell.exec_)
+app.add_typer(daemon.app, name="daemon")
+app.add_typer(sessions.app, name="sessions")
 app.command("forward")(forward.forward)
+app.add_typer(forwards.app, name="forwards", hidden=True)
 app.command("ssh-config")(ssh_config.ssh_config_command)
 app.command("proxy")(proxy.proxy)
 app.add_typer(tmux.app, name="tmux")
@@ -51,4 +68,5 @@ app.command("stop")(lifetime.stop)
 
 
 def main() -> None:
-    app(prog_name="tether")
+    args = forwards.route_forward_subcommands(sys.argv[1:])
+    app(prog_name="tether", args=shell.with_default_tmux_name(args))

@@ -117,8 +117,24 @@ def forward(
         ),
     ],
     rank: Annotated[int, typer.Option("--rank", "-r", min=0, help="Which node of the run.")] = 0,
+    background: Annotated[
+        bool,
+        typer.Option(
+            "--background", "-b", help="Hand the forwards to the daemon (started if needed)."
+        ),
+    ] = False,
 ) -> None:
-    """Forward local ports to ports in the run; they survive link outages."""
+    """Forward local ports to ports in the run; they survive link outages.
+
+    `tether forward list` shows background forwards; `tether forward stop RUN
+    [SPEC]` ends them.
+    """
     parsed = [parse_spec(spec) for spec in specs]
+    if background:
+        from connector.cli.forwards import describe, start_in_background
+
+        for entry in start_in_background(run, rank, [spec.text for spec in parsed]):
+            typer.echo(describe(entry))
+        return
     tune_malloc()
     asyncio.run(serve(run, parsed, rank, ForwardView(sys.stderr)))

@@ -3,14 +3,15 @@
 import asyncio
 import os
 import shlex
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
 
 from connector import config
 from connector.link import Link, LinkState
-from connector.remote_session import interactive, piped
+from connector.remote_session import DISCONNECTED_EXIT_CODE, interactive, piped
 from connector.terminal import StatusLine
 from protos import agent_pb2 as pb
 
@@ -48,19 +49,13 @@ def _state_reporter(status: StatusLine) -> Callable[[LinkState], None]:
 
 
 async def _with_link(
-    run_name: str | None,
+    run: config.RunConfig,
     rank: int,
     status: StatusLine,
-    request: pb.ShellOpen,
-    *,
-    tty: bool,
-    escape_char: str,
+    session: Callable[[Link], Awaitable[int]],
 ) -> int:
-    run = config.get_run(run_name)
     async with Link(run, rank, on_state=_state_reporter(status)) as link:
-        if tty:
-            return await interactive(link, request, escape_char=escape_char, status=status)
-        return await piped(link, request, status=status)
+        return await session(link)
 
 
 def connect(
@@ -83,6 +78,14 @@ def connect(
     escape_char: Annotated[
         str, typer.Option("--escape-char", "-e", help="Escape character, or 'none'.")
     ] = "~",
+    attach: Annotated[
+        str | None,
+        typer.Option(
+            "--attach",
+            metavar="ID",
+            help="Take up a session left running (see `tether sessions RUN ls`).",
+        ),
+    ] = None,
 ) -> None:
     """A shell in the run that survives Wi-Fi drops, sleep and network changes."""
     request = pb.ShellOpen(
@@ -92,7 +95,25 @@ def connect(
         tmux_detach_others=detach_others,
     )
     status = StatusLine()
-    code = asyncio.run(_with_link(run, rank, status, request, tty=True, escape_char=escape_char))
+    run_config = config.get_run(run)
+    session_id = attach or uuid.uuid4().hex
+
+    def session(link: Link) -> Awaitable[int]:
+        return interactive(
+            link,
+            request,
+            escape_char=escape_char,
+            status=status,
+            session_id=session_id,
+            attach=attach is not None,
+        )
+
+    code = asyncio.run(_with_link(run_config, rank, status, session))
+    if code == DISCONNECTED_EXIT_CODE:
+        status.write(
+            f"tether: disconnected; the session keeps running on the agent until its idle "
+            f"timeout: tether connect {run_config.name} --attach {session_id}"
+        )
     raise typer.Exit(code)
 
 
@@ -108,5 +129,8 @@ def exec_(
     """
     line = command[0] if len(command) == 1 else shlex.join(command)
     request = pb.ShellOpen(command=line)
-    code = asyncio.run(_with_link(run, rank, StatusLine(), request, tty=False, escape_char="none"))
+    status = StatusLine()
+    code = asyncio.run(
+        _with_link(config.get_run(run), rank, status, lambda link: piped(link, request, status))
+    )
     raise typer.Exit(code)
