@@ -65,7 +65,7 @@ def serve(
         ),
     ] = None,
     forward_buffer_mib: Annotated[
-        float, typer.Option(min=0.0625, help="Unacknowledged bytes kept per forwarded connection.")
+        float, typer.Option(min=1.0, help="Unacknowledged bytes kept per forwarded connection.")
     ] = 4.0,
     forward_grace: Annotated[
         float, typer.Option(min=0.0, help="Seconds a forwarded connection waits for a resume.")

@@ -30,10 +30,14 @@ from typing import Any
 
 from protos import agent_pb2 as pb
 from protos.codec import FORWARD_CLIENT, FORWARD_DATA, FORWARD_SERVER, Data, FrameCodec
-from protos.resumable import ACK_EVERY_BYTES, ACK_EVERY_SECONDS, Outbox, StreamError
+from protos.resumable import ACK_EVERY_SECONDS, Outbox, StreamError
 
 # Socket reads are coalesced into frames of up to this many bytes.
 FRAME_BYTES = 1 << 20
+# Each message costs far more CPU than its bytes, so a forward acknowledges
+# every half MiB, not the shell's 64 KiB: one ack per two full frames. The
+# sender's window (its Outbox limit, 1 MiB at least) stays well above it.
+ACK_BYTES = 512 * 1024
 
 Frame = pb.ForwardClientFrame | pb.ForwardServerFrame
 ReadRaw = Callable[[], Awaitable[bytes | None]]
@@ -279,7 +283,7 @@ class Relay:
         unacked = self.end.flushed - self._acked
         if unacked <= 0:
             return False
-        if unacked >= ACK_EVERY_BYTES or self._ack_timer_fired or self.end.peer_eof:
+        if unacked >= ACK_BYTES or self._ack_timer_fired or self.end.peer_eof:
             return True
         if self._ack_timer is None:
             loop = asyncio.get_running_loop()
