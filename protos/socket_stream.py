@@ -313,6 +313,8 @@ class Relay:
                 await self._send(self._side.frame(reset=pb.Reset(reason=end.error)))
                 return Outcome.RESET
             if buffer.end > offset:
+                if buffer.end - offset < FRAME_BYTES and not end.sent_eof:
+                    await asyncio.sleep(0)  # let reads that are ready join this frame
                 chunk = buffer.read(offset, FRAME_BYTES)
                 await self._write(self._side.outgoing.data(FORWARD_DATA, chunk.data))
                 offset += len(chunk.data)
