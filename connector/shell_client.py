@@ -112,6 +112,8 @@ class ShellClient:
         self._output = ReceiveCursor()
         # Set once the agent has the session: a later open must find it.
         self._opened_once = attach
+        # False until an open told us where the agent's count of our input stands.
+        self._agent_knows_input = not attach
         self._input_eof = False
         self._size: tuple[int, int] | None = None
         self._pending_signals: list[int] = []
@@ -191,6 +193,11 @@ class ShellClient:
         try:
             await call.write(self._open_frame())
             opened = await self._read_opened(call)
+            if not self._agent_knows_input:
+                # Attaching to a session another client typed into: our
+                # input continues the agent's count instead of starting at 0.
+                self._input.rebase(opened.input_offset)
+                self._agent_knows_input = True
             self._opened_once = True
             self._input.ack(opened.input_offset)
             if outage_started is not None:

@@ -59,6 +59,14 @@ class SendBuffer:
     def size(self) -> int:
         return self._end - self._start
 
+    def rebase(self, start: int) -> None:
+        """Renumbers the held bytes to begin at `start`: for a sender whose
+        offsets the peer has never seen (a client attaching to a session that
+        another client fed)."""
+        shift = start - self._start
+        self._start += shift
+        self._end += shift
+
     def append(self, data: bytes, channel: int = 0) -> None:
         if not data:
             return
