@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,15 @@ class Way:
     port: int
     pids: list[int]
 
+    def rss_mib(self) -> float:
+        total = 0
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                for each in [process, *process.children(recursive=True)]:
+                    total += each.memory_info().rss
+        return total / (1 << 20)
+
     def cpu_seconds(self) -> float:
         total = 0.0
         for pid in self.pids:
@@ -53,24 +63,29 @@ class Way:
 
 
 def _serve(listener: socket.socket, size: int) -> None:
-    """The target: `d` downloads `size` bytes; `u` uploads until EOF."""
+    """The target: a thread per connection (see `_answer`)."""
     block = os.urandom(BLOCK)
     while True:
         conn, _ = listener.accept()
-        with conn:
-            mode = conn.recv(1)
-            if mode == b"d":
-                left = size
-                while left:
-                    left -= conn.send(block[: min(BLOCK, left)])
-                conn.shutdown(socket.SHUT_WR)
-                conn.recv(1)
-            else:
-                buffer = bytearray(BLOCK)
-                total = 0
-                while n := conn.recv_into(buffer):
-                    total += n
-                conn.sendall(str(total).encode())
+        threading.Thread(target=_answer, args=(conn, block, size), daemon=True).start()
+
+
+def _answer(conn: socket.socket, block: bytes, size: int) -> None:
+    """`d` downloads `size` bytes; `u` uploads until EOF and says how many."""
+    with conn, contextlib.suppress(ConnectionError):  # reset when the bench ends
+        mode = conn.recv(1)
+        if mode == b"d":
+            left = size
+            while left:
+                left -= conn.send(block[: min(BLOCK, left)])
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1)
+        else:
+            buffer = bytearray(BLOCK)
+            total = 0
+            while n := conn.recv_into(buffer):
+                total += n
+            conn.sendall(str(total).encode())
 
 
 @contextlib.contextmanager
@@ -229,10 +244,34 @@ def report(name: str, way: Way, size: int, rounds: int) -> None:
         )
 
 
+def report_parallel(name: str, way: Way, size: int, streams: int) -> None:
+    """Aggregate MB/s of `streams` concurrent downloads, each in its own process."""
+    with multiprocessing.Pool(streams) as pool:
+        start = time.perf_counter()
+        pool.starmap(measure, [(way.port, size, "down")] * streams)
+        elapsed = time.perf_counter() - start
+    print(f"{name:24s} {streams} streams down {size * streams / elapsed / 1e6:6.0f} MB/s in all")
+
+
+def report_idle(name: str, way: Way, count: int) -> None:
+    """RSS of the forwarding processes holding `count` idle connections."""
+    before = way.rss_mib()
+    held = [socket.create_connection(("127.0.0.1", way.port)) for _ in range(count)]
+    for conn in held:
+        conn.sendall(b"u")  # the target now waits for the upload's end
+    time.sleep(2)  # let the far sides settle; RSS is a gauge, not an event
+    after = way.rss_mib()
+    print(f"{name:24s} {count} idle connections: RSS {before:.0f} -> {after:.0f} MiB")
+    for conn in held:
+        conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
+    parser.add_argument("--idle", type=int, default=1000, help="idle connections held")
     args = parser.parse_args()
     size = args.mib << 20
     print(f"one stream, {args.mib} MiB per transfer, loopback, {os.cpu_count()} CPUs")
@@ -245,10 +284,18 @@ def main() -> None:
         if shutil.which("sshd") or Path("/usr/sbin/sshd").exists():
             for cipher in (None, "aes128-gcm@openssh.com"):
                 with ssh_forward(work / f"ssh-{cipher}", port, cipher) as way:
-                    report(f"ssh -L {cipher or 'default'}", way, size, args.rounds)
+                    name = f"ssh -L {cipher or 'default'}"
+                    report(name, way, size, args.rounds)
+                    report_parallel(name, way, size, args.streams)
         for tls in (True, False):
             with tether_forward(work / f"tether-{tls}", port, tls=tls) as way:
-                report(f"tether forward TLS {'on' if tls else 'off'}", way, size, args.rounds)
+                name = f"tether forward TLS {'on' if tls else 'off'}"
+                report(name, way, size, args.rounds)
+                report_parallel(name, way, size, args.streams)
+        # Fresh processes: after bulk transfers the pinned malloc thresholds
+        # keep freed buffers mapped, which says nothing about idle cost.
+        with tether_forward(work / "tether-idle", port, tls=True) as way:
+            report_idle("tether forward TLS on", way, args.idle)
 
 
 if __name__ == "__main__":
