@@ -29,9 +29,9 @@ from agent.service.info import Identity, InfoService
 from agent.service.lifetime import LifetimeService
 from agent.service.registry import build_handler
 from agent.service.shell import ShellService
+from agent.service.ssh import SshService
 from agent.service.status import StatusService
 from agent.service.tmux import TmuxService
-from agent.service.ssh import SshService
 from agent.service.vscode import VscodeService
 from agent.session_table import SessionTable, home_dir
 from agent.sshd import SshServer
@@ -156,7 +156,7 @@ class AgentServer:
             identity = (
                 tls.load_given(config.tls_cert, config.tls_key)
                 if config.tls_cert and config.tls_key
-                else tls.load_or_create(config.state_dir)
+                else await tls.load_or_create_apart(config.state_dir)
             )
             self.fingerprint = identity.fingerprint
             credentials = grpc.ssl_server_credentials([(identity.key_pem, identity.cert_pem)])

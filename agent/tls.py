@@ -8,8 +8,11 @@ import base64
 import datetime
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.errors import FailedPrecondition
 
 CERT_NAME = "tether-agent"
 
@@ -74,5 +77,25 @@ def load_or_create(state_dir: Path) -> TlsIdentity:
     return identity
 
 
+async def load_or_create_apart(state_dir: Path) -> TlsIdentity:
+    """load_or_create, with a first certificate made by a short-lived child:
+    the crypto library it needs would otherwise stay in the agent's memory
+    for the whole run (about a fifth of an idle agent)."""
+    if not ((state_dir / "agent.crt").exists() and (state_dir / "agent.key").exists()):
+        from agent import processes
+
+        made = await processes.run([sys.executable, "-m", "agent.tls", str(state_dir)], timeout=60)
+        if made.returncode != 0:
+            raise FailedPrecondition(
+                f"could not make the agent's certificate in {state_dir}: "
+                + made.stderr.decode(errors="replace").strip()[-500:]
+            )
+    return load_or_create(state_dir)
+
+
 def load_given(cert_path: Path, key_path: Path) -> TlsIdentity:
     return TlsIdentity(cert_path.read_bytes(), key_path.read_bytes())
+
+
+if __name__ == "__main__":
+    load_or_create(Path(sys.argv[1]))
