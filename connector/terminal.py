@@ -171,7 +171,10 @@ class StatusLine:
     def update(self, text: str) -> None:
         """Show `text` until the next message replaces it."""
         if self._is_tty:
-            self._emit(self._line_prefix() + escape_text(text))
+            # A line wider than the terminal would wrap, and the next update
+            # could then erase only its last row: cut it to fit.
+            visible = escape_text(text)[: max(1, self._columns() - 1)]
+            self._emit(self._line_prefix() + visible)
             self._transient_shown = True
         else:
             self._emit(escape_text(text) + "\n")
@@ -190,6 +193,12 @@ class StatusLine:
         if self._transient_shown:
             self._emit("\r\x1b[K")
             self._transient_shown = False
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError):
+            return DEFAULT_SIZE[0]
 
     def _line_prefix(self) -> str:
         return "\r\x1b[K" if self._transient_shown else "\r\n\x1b[K"
