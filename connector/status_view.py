@@ -62,46 +62,65 @@ def _far(text: str) -> Text:
     return Text(escape_text(text))
 
 
-def _processes(gpu: pb.Gpu) -> Text:
-    parts = [
-        f"{p.container_pid or p.pid} {escape_text(p.name) or '?'} {_size(p.used_memory_bytes)}"
-        for p in gpu.processes
-    ]
-    return Text(", ".join(parts) or "-")
-
-
 def _gpu_row(gpu: pb.Gpu) -> list[Text]:
     if gpu.error:
-        failed = Text(f"FAILED: {escape_text(gpu.error)}", style="bold red")
-        return [Text(f"{gpu.index}!", style="bold red"), _far(gpu.name or "?"), failed]
-    memory = f"{_size(gpu.memory_used_bytes)} / {_size(gpu.memory_total_bytes)}"
-    ecc = f"{gpu.ecc_corrected}/{gpu.ecc_uncorrected}"
+        return [
+            Text(f"{gpu.index}!", style="bold red"),
+            Text(escape_text(gpu.name or "?"), style="bold red"),
+        ]
+    used, total = gpu.memory_used_bytes / GiB, gpu.memory_total_bytes / GiB
     return [
         Text(str(gpu.index)),
         _far(gpu.name),
         Text(f"{gpu.utilization_percent}%"),
-        Text(memory),
+        Text(f"{used:.1f}/{total:.1f} GiB"),
         Text(f"{gpu.temperature_c}°C"),
-        Text(f"{gpu.power_draw_w:.0f} / {gpu.power_limit_w:.0f} W"),
-        Text(f"{gpu.sm_clock_mhz} / {gpu.memory_clock_mhz} MHz"),
-        Text(ecc, style="bold red" if gpu.ecc_uncorrected else ""),
+        Text(f"{gpu.power_draw_w:.0f}/{gpu.power_limit_w:.0f} W"),
+        Text(f"{gpu.sm_clock_mhz}/{gpu.memory_clock_mhz}"),
+        Text(
+            f"{gpu.ecc_corrected}/{gpu.ecc_uncorrected}",
+            style="bold red" if gpu.ecc_uncorrected else "",
+        ),
         _far(", ".join(gpu.throttle_reasons) or "-"),
-        _processes(gpu),
     ]
 
 
+def _gpu_processes(gpus: Sequence[pb.Gpu]) -> Table:
+    table = Table("GPU", "PID", "PROCESS", "GPU MEMORY", box=None)
+    for gpu in gpus:
+        for p in gpu.processes:
+            pid = f"{p.container_pid}" if p.container_pid else f"{p.pid} (host)"
+            table.add_row(
+                str(gpu.index), pid, _far(p.name or "?"), Text(_size(p.used_memory_bytes))
+            )
+    return table
+
+
 def gpu_view(report: pb.GpuReport) -> RenderableType:
-    """A row per GPU, a failed GPU marked; or one clear line when there is none."""
+    """A row per GPU, a failed GPU marked, then the processes on the GPUs; or
+    one clear line when there is no GPU to show."""
     if report.state != pb.GPU_STATE_OK:
         what = _GPU_STATE_TEXT.get(report.state, "GPU state unknown")
         detail = f": {escape_text(report.detail)}" if report.detail else ""
         return Text(f"GPU: {what}{detail}", style="yellow")
-    columns = ["GPU", "NAME", "UTIL", "MEMORY", "TEMP", "POWER", "CLOCKS SM/MEM"]
-    table = Table(*columns, "ECC C/U", "THROTTLE", "PROCESSES", box=None)
+    columns = ["GPU", "NAME", "UTIL", "MEMORY", "TEMP", "POWER", "CLOCKS MHZ", "ECC C/U"]
+    # Only the throttle reasons, last, wrap: the numbers stay whole on one line.
+    table = Table(*columns, "THROTTLE", box=None, pad_edge=False)
+    for column in table.columns[:-1]:
+        column.no_wrap = True
+    table.columns[-1].overflow = "fold"
     for gpu in report.gpus:
         table.add_row(*_gpu_row(gpu))
-    versions = f"driver {escape_text(report.driver_version)}, CUDA {report.cuda_version}"
-    return Group(Text(versions, style="dim"), table)
+    versions = f"driver {report.driver_version}, CUDA {report.cuda_version}"
+    parts: list[RenderableType] = [Text(escape_text(versions), style="dim"), table]
+    parts.extend(
+        Text(f"GPU {gpu.index} FAILED: {escape_text(gpu.error)}", style="bold red")
+        for gpu in report.gpus
+        if gpu.error
+    )
+    if any(gpu.processes for gpu in report.gpus):
+        parts.append(_gpu_processes(report.gpus))
+    return Group(*parts)
 
 
 def system_view(system: pb.SystemReport) -> RenderableType:

@@ -70,7 +70,7 @@ def test_status_table_reads_at_a_glance(laptop: Path) -> None:
     out = result.out
     assert "rank 0" in out
     assert "NVIDIA H100 80GB HBM3" in out and "87%" in out and "71°C" in out
-    assert "512 / 700 W" in out and "3/1" in out and "sw_power_cap" in out
+    assert "512/700 W" in out and "3/1" in out and "sw_power_cap" in out
     assert "python-train" in out
     assert "FAILED: GPU is lost" in out
     assert "CPU" in out and "load" in out and "memory" in out and "disk" in out
@@ -171,7 +171,8 @@ def test_watch_refreshes_in_place_in_a_real_terminal(laptop: Path) -> None:
         env = " ".join(f"{key}={shlex.quote(os.environ[key])}" for key in XDG_KEYS)
         command = shlex.join([TETHER, "status", "train", "--watch", "--interval", "0.3"])
         with tmux_pane() as pane:
-            pane.start(f"env {env} {command} --top 3; echo EXIT=$?; sleep 60")
+            # The pane's own width, not the wide COLUMNS the other tests print with.
+            pane.start(f"env -u COLUMNS {env} {command} --top 3; echo EXIT=$?; sleep 60")
             header = r"rank 0 · \S+ · (\d\d:\d\d:\d\d)"
             first = re.findall(header, await pane.wait_for(header))[0]
             # The next report, with a later time, in the same place.
@@ -183,3 +184,18 @@ def test_watch_refreshes_in_place_in_a_real_terminal(laptop: Path) -> None:
 
     with agent_thread(two_gpus()) as agent:
         asyncio.run(main(agent.address))
+
+
+def test_far_side_strings_cannot_style_or_move_the_terminal(laptop: Path) -> None:
+    nvml = FakeNvml(
+        [FakeGpu(name="\x1b[2J[bold]GPU[/bold]", compute=[FakeProcess(FOREIGN_PID, 1)])],
+        process_names={FOREIGN_PID: "\x1b]0;title\x07train"},
+    )
+    with agent_thread(nvml) as agent:
+        add_run("train", laptop, agent.address)
+        table = tether("status", "train")
+        summary = tether("describe", "train")
+    assert table.code == 0, table.err
+    assert "\x1b" not in table.out and "\x07" not in table.out
+    assert "^[[2J[bold]GPU[/bold]" in table.out and "^[]0;title^Gtrain" in table.out
+    assert "^[[2J[bold]GPU[/bold]" in summary.out

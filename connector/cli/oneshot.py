@@ -98,6 +98,8 @@ class AgentCalls:
         self.link.close()
         if not self._unreachable.done():
             self._unreachable.cancel()
+        elif not self._unreachable.cancelled():
+            self._unreachable.exception()  # seen: a link that gave up while idle is no error
 
     async def wait_closed(self) -> None:
         await self.link.wait_closed()
