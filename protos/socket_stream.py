@@ -191,9 +191,9 @@ AGENT_SIDE = Side(FORWARD_CLIENT, FORWARD_SERVER, pb.ForwardServerFrame)
 CONNECTOR_SIDE = Side(FORWARD_SERVER, FORWARD_CLIENT, pb.ForwardClientFrame)
 
 
-async def _first_of(*coroutines: Coroutine[Any, Any, Outcome]) -> Outcome:
+async def _first_of(*runs: "Coroutine[Any, Any, Outcome] | asyncio.Future[Outcome]") -> Outcome:
     """Runs the coroutines until one ends; cancels the rest; returns its result."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    tasks = [asyncio.ensure_future(run) for run in runs]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         return next(iter(done)).result()
@@ -233,9 +233,7 @@ class Relay:
     async def run(self, send_from: int, *, end_when_complete: bool) -> Outcome:
         try:
             return await _first_of(
-                self._read_peer(),
-                self._pump(send_from, end_when_complete),
-                _wait_for(self._displaced),
+                self._read_peer(), self._pump(send_from, end_when_complete), self._displaced
             )
         finally:
             if self._ack_timer is not None:
@@ -329,7 +327,3 @@ class Relay:
             if end_when_complete and eof_sent and self.complete:
                 return Outcome.COMPLETE
             await end.changed.wait()
-
-
-async def _wait_for(future: "asyncio.Future[Outcome]") -> Outcome:
-    return await future

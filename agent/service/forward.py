@@ -37,10 +37,7 @@ class ForwardService:
         connection, created = await self._table.open(
             request.connection_id, request.host, request.port, resume=request.resume
         )
-        try:
-            outcome = await self._relay(connection, created, request.recv_offset, context)
-        except StreamError as exc:
-            raise InvalidArgument(str(exc)) from None
+        outcome = await self._relay(connection, created, request.recv_offset, context)
         if outcome is Outcome.DISPLACED:
             raise FailedPrecondition(
                 f"forwarded connection {connection.id!r} was resumed on another stream"
@@ -67,5 +64,8 @@ class ForwardService:
             await context.write(FORWARD_SERVER.message(pb.ForwardServerFrame(opened=opened)))
             outcome = await relay.run(send_from, end_when_complete=True)
             return outcome
+        except StreamError as exc:  # the client broke the protocol: end the connection
+            outcome = Outcome.RESET
+            raise InvalidArgument(str(exc)) from None
         finally:
             self._table.detach(connection, relay, outcome)
