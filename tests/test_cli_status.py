@@ -97,6 +97,7 @@ def test_all_ranks_shows_every_node_and_a_total(laptop: Path) -> None:
         table = tether("status", "multi", "--all-ranks")
         as_json = tether("status", "multi", "--all-ranks", "--json")
         one = tether("status", "multi", "--rank", "1", "--json")
+        described = tether("describe", "multi", "--json")
     assert table.code == 0, table.err
     assert "rank 0" in table.out and "rank 1" in table.out
     assert "total: 2 nodes · 4 GPUs (1 failed)" in table.out
@@ -105,6 +106,9 @@ def test_all_ranks_shows_every_node_and_a_total(laptop: Path) -> None:
     assert report["total"]["gpus"] == 4 and report["total"]["failed_gpus"] == 1
     assert report["unreachable"] == {}
     assert json.loads(one.out)["rank"] == 1
+    nodes = json.loads(described.out)["nodes"]
+    assert [nodes[r]["info"]["rank"] for r in ("0", "1")] == [0, 1]
+    assert nodes["1"]["info"]["world_size"] == 2
 
 
 def test_all_ranks_still_shows_the_nodes_that_answer(laptop: Path) -> None:
@@ -143,7 +147,7 @@ def test_describe_names_the_run_its_nodes_and_their_gpus(laptop: Path) -> None:
         table = tether("describe", "train")
         as_json = tether("describe", "train", "--json")
     assert table.code == 0, table.err
-    assert "run train: 1 ranks" in table.out
+    assert "run train: 1 rank" in table.out
     assert "2× NVIDIA A100-SXM4-40GB, NVIDIA H100 80GB HBM3, 1 failed" in table.out
     assert "none" in table.out  # no deadline
     node = json.loads(as_json.out)["nodes"]["0"]

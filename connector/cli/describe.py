@@ -93,7 +93,9 @@ def describe(
         from rich.text import Text
 
         console = Console(highlight=False)
-        console.print(Text(f"run {run_config.name}: {len(run_config.ranks)} ranks", style="bold"))
+        count = len(run_config.ranks)
+        ranks_text = "1 rank" if count == 1 else f"{count} ranks"
+        console.print(Text(f"run {run_config.name}: {ranks_text}", style="bold"))
         columns = ["RANK", "HOST", "AGENT", "STARTED", "DEADLINE", "SESSIONS", "FORWARDS"]
         table = Table(*columns, "GPUS", box=None)
         for r, result in sorted(results.items()):
