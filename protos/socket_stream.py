@@ -26,7 +26,7 @@ import enum
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from protos import agent_pb2 as pb
 from protos.codec import FORWARD_CLIENT, FORWARD_DATA, FORWARD_SERVER, Data, FrameCodec
@@ -34,6 +34,7 @@ from protos.resumable import ACK_EVERY_SECONDS, Outbox, StreamError
 
 # Socket reads are coalesced into frames of up to this many bytes.
 FRAME_BYTES = 1 << 20
+T = TypeVar("T")
 # Each message costs far more CPU than its bytes, so a forward acknowledges
 # every half MiB, not the shell's 64 KiB: one ack per two full frames. The
 # sender's window (its Outbox limit, 1 MiB at least) stays well above it.
@@ -191,8 +192,9 @@ AGENT_SIDE = Side(FORWARD_CLIENT, FORWARD_SERVER, pb.ForwardServerFrame)
 CONNECTOR_SIDE = Side(FORWARD_SERVER, FORWARD_CLIENT, pb.ForwardClientFrame)
 
 
-async def _first_of(*runs: "Coroutine[Any, Any, Outcome] | asyncio.Future[Outcome]") -> Outcome:
-    """Runs the coroutines until one ends; cancels the rest; returns its result."""
+async def first_of(*runs: "Coroutine[Any, Any, T] | asyncio.Future[T]") -> T:
+    """Runs the coroutines until one ends; cancels the rest; returns its result
+    (or raises its error). Both stream kinds run their two directions so."""
     tasks = [asyncio.ensure_future(run) for run in runs]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -232,7 +234,7 @@ class Relay:
 
     async def run(self, send_from: int, *, end_when_complete: bool) -> Outcome:
         try:
-            return await _first_of(
+            return await first_of(
                 self._read_peer(), self._pump(send_from, end_when_complete), self._displaced
             )
         finally:

@@ -7,8 +7,6 @@ that output is gone, then the exit once the client has all of the output.
 """
 
 import asyncio
-import contextlib
-from collections.abc import Coroutine
 from typing import Any
 
 from grpc.aio import EOF  # type: ignore[attr-defined]
@@ -20,6 +18,7 @@ from agent.sessions import Session, SessionSpec
 from protos import agent_pb2 as pb
 from protos.codec import SHELL_CLIENT, SHELL_SERVER, SHELL_STDERR, SHELL_STDOUT, Data
 from protos.resumable import ACK_EVERY_BYTES, ACK_EVERY_SECONDS
+from protos.socket_stream import first_of
 from protos.version import PROTOCOL_VERSION
 
 FRAME_BYTES = 1 << 20
@@ -46,21 +45,6 @@ def spec_from(open_: pb.ShellOpen) -> SessionSpec:
         cwd=open_.cwd or None,
         tmux_session=open_.tmux_session,
     )
-
-
-async def _first_of(*coroutines: Coroutine[Any, Any, None]) -> None:
-    """Runs the coroutines until one ends; cancels the rest; re-raises its error."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
 
 
 class Attachment:
@@ -102,7 +86,7 @@ class Attachment:
                     )
                 )
             )
-            await _first_of(self._read_client(), self._pump_output(output_offset))
+            await first_of(self._read_client(), self._pump_output(output_offset))
         finally:
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
