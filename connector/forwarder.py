@@ -14,6 +14,7 @@ forward listens on 127.0.0.1 and ::1 only.
 import asyncio
 import contextlib
 import errno
+import logging
 from dataclasses import dataclass
 
 import psutil
@@ -21,6 +22,8 @@ import psutil
 from connector.errors import ConfigError
 from connector.forward_client import LINK_WAIT, ForwardClient, ForwardLink
 from protos.socket_stream import Outcome, SocketEnd
+
+log = logging.getLogger(__name__)
 
 LOOPBACK_BINDS = ("127.0.0.1", "::1")
 ANY_BINDS = ("0.0.0.0", "::")
@@ -197,9 +200,13 @@ class Forwarder:
         client = self._clients.pop(task)
         self._done_out += client.end.outbox.buffer.end
         self._done_in += client.end.delivered
-        if task.cancelled() or task.exception() or task.result() is not Outcome.COMPLETE:
-            self._failed += 1 if client.error else 0
-            self._last_error = client.error or self._last_error
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:  # a bug, not the link or the agent: keep it visible
+            log.error("forwarded connection failed", exc_info=failure)
+            client.error = client.error or f"internal error: {failure!r}"
+        if client.error is not None:
+            self._failed += 1
+            self._last_error = client.error
 
     def status(self) -> ForwardStatus:
         live = list(self._clients.values())
