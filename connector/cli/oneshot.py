@@ -75,10 +75,13 @@ class AgentCalls:
             self.link.call(method, request, reply_type, timeout=timeout, idempotent=idempotent)
         )
         either: set[asyncio.Future[Any]] = {call, self._unreachable}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not call.done():
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():  # the agent is unreachable, or this caller was cancelled
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+        if call.cancelled():
             self._unreachable.result()
         return call.result()
 
