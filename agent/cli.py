@@ -77,6 +77,24 @@ def serve(
             help="Hours from the start after which the agent stops and the container ends.",
         ),
     ] = None,
+    vscode_cli: Annotated[
+        str | None, typer.Option(help="The VS Code `code` CLI to use (else PATH, cache, download).")
+    ] = None,
+    vscode_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where to download the VS Code CLI (default: the official stable build)."
+        ),
+    ] = None,
+    vscode_sha256: Annotated[
+        str | None, typer.Option(help="The hex sha256 the downloaded CLI archive must have.")
+    ] = None,
+    vscode_data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="The tunnel's --cli-data-dir: put it on persistent storage to keep the login."
+        ),
+    ] = None,
 ) -> None:
     """Serve shells, forwards, tmux, status and VS Code to tether connectors."""
     tune_malloc()
@@ -105,6 +123,10 @@ def serve(
             forward_buffer=int(forward_buffer_mib * MiB),
             forward_grace=forward_grace,
             max_duration_hours=max_duration,
+            vscode_cli=vscode_cli,
+            vscode_url=vscode_url,
+            vscode_sha256=vscode_sha256,
+            vscode_data_dir=vscode_data_dir,
         )
         asyncio.run(_serve(config))
     except AgentError as exc:

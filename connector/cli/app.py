@@ -25,6 +25,7 @@ from connector.cli import (
     ssh_config,
     status,
     tmux,
+    vscode,
 )
 from connector.errors import TetherError
 from connector.terminal import escape_text
@@ -65,6 +66,7 @@ app.command("status")(status.status)
 app.command("describe")(describe.describe)
 app.command("update")(lifetime.update)
 app.command("stop")(lifetime.stop)
+app.command("vscode")(vscode.vscode)
 
 
 def main() -> None:
