@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent import tls
 from agent.auth import TokenInterceptor
 from agent.config import AgentConfig
-from agent.errors import InvalidArgument
+from agent.errors import FailedPrecondition, InvalidArgument
 from agent.forward_policy import ForwardPolicy
 from agent.forwarding import ForwardTable
 from agent.gpu import GpuProbe
@@ -145,14 +145,21 @@ class AgentServer:
         )
         server.add_generic_rpc_handlers([build_handler(self._areas())])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        address = (
-            f"[{config.host}]:{config.port}"
-            if ":" in config.host
-            else (f"{config.host}:{config.port}")
-        )
-        if config.insecure_loopback:
-            self.port = server.add_insecure_port(address)
-        else:
+        self.port = await self._listen(server)
+        await server.start()
+        self._server = server
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(AGENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _listen(self, server: grpc.aio.Server) -> int:
+        """Binds the listen address (TLS unless plaintext on loopback); a port
+        that is taken is one clear error, not gRPC's traceback."""
+        config = self.config
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        address = f"{host}:{config.port}"
+        try:
+            if config.insecure_loopback:
+                return server.add_insecure_port(address)
             identity = (
                 tls.load_given(config.tls_cert, config.tls_key)
                 if config.tls_cert and config.tls_key
@@ -160,14 +167,19 @@ class AgentServer:
             )
             self.fingerprint = identity.fingerprint
             credentials = grpc.ssl_server_credentials([(identity.key_pem, identity.cert_pem)])
-            self.port = server.add_secure_port(address, credentials)
-        await server.start()
-        self._server = server
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(AGENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            return server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise FailedPrecondition(
+                f"cannot listen on {address}: the port is in use or the address is not "
+                f"this machine's ({exc})"
+            ) from None
 
     async def __aenter__(self) -> "AgentServer":
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close(grace=0)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,19 @@ def test_sigterm_stops_the_agent_gracefully_and_leaves_no_child(tmp_path: Path) 
         os.kill(pid, 0)
     leftover = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
+
+
+def test_a_port_in_use_is_one_clear_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "first").mkdir()
+    with agent_process(tmp_path / "first") as (_, port):
+        token = tmp_path / "token"
+        token.write_text("t")
+        token.chmod(0o600)
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "serve", "--listen", f"127.0.0.1:{port}",
+             "--insecure-loopback", "--token-file", str(token)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in done.stderr
+    assert "Traceback" not in done.stderr
