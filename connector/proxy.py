@@ -46,18 +46,26 @@ async def _pipes(stdin: int, stdout: int) -> tuple[asyncio.StreamReader, asyncio
     return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
+async def carry(
+    link: ForwardLink, port: int
+) -> tuple[socket.socket, ForwardClient, "asyncio.Future[Outcome]"]:
+    """A socket whose bytes a resumable Forward carries to 127.0.0.1:`port`
+    in the container; the relay ends once the connection has."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    end = SocketEnd(PROXY_BUFFER)
+    await loop.connect_accepted_socket(lambda: end, sock=ours)
+    client = ForwardClient(link, end, "127.0.0.1", port)
+    return theirs, client, asyncio.ensure_future(client.run())
+
+
 async def bridge(
     link: ForwardLink, port: int, *, stdin: int | None = None, stdout: int | None = None
 ) -> int:
     """Carries stdin/stdout to 127.0.0.1:`port` in the container until both
     sides are done; 0 when the connection ended cleanly, 255 (ssh's "could
     not reach the far side") when it was reset, with the reason on stderr."""
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    end = SocketEnd(PROXY_BUFFER)
-    await loop.connect_accepted_socket(lambda: end, sock=ours)
-    client = ForwardClient(link, end, "127.0.0.1", port)
-    relay = asyncio.ensure_future(client.run())
+    theirs, client, relay = await carry(link, port)
     sock_reader, sock_writer = await asyncio.open_connection(sock=theirs)
     pipe_reader, pipe_writer = await _pipes(
         sys.stdin.fileno() if stdin is None else stdin,

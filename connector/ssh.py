@@ -5,12 +5,20 @@ that logging in to a run never depends on (or touches) the person's keys, and
 pins each agent's host key in a known_hosts file of tether's own.
 """
 
+import asyncio
+import contextlib
+import errno
 import os
+import socket
+import stat
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncssh
 
 from connector.address import Address, JumpHost
+from connector.cp import BLOCK, WINDOW, Entry, Sink
 from connector.errors import ConfigError, FatalLinkError, LinkError, RemoteError
 
 CLIENT_KEY_FILE = "id_ed25519"
@@ -130,3 +138,175 @@ class JumpDialer:
 
     async def wait_closed(self) -> None:
         """Nothing lingers: close() closed the listener and the connection."""
+
+
+# Data leaves in AES-GCM (AES-NI in OpenSSL) and uncompressed: a copy is
+# bound by CPU per byte, and most of what people copy is already compressed.
+_COPY_CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+]
+_SFTP_ERRNO: list[tuple[type[asyncssh.SFTPError], int]] = [
+    (asyncssh.SFTPNoSuchFile, errno.ENOENT),
+    (asyncssh.SFTPNoSuchPath, errno.ENOENT),
+    (asyncssh.SFTPPermissionDenied, errno.EACCES),
+    (asyncssh.SFTPWriteProtect, errno.EROFS),
+    (asyncssh.SFTPNoSpaceOnFilesystem, errno.ENOSPC),
+    (asyncssh.SFTPQuotaExceeded, errno.EDQUOT),
+    (asyncssh.SFTPNotADirectory, errno.ENOTDIR),
+    (asyncssh.SFTPFileIsADirectory, errno.EISDIR),
+]
+
+
+@contextlib.contextmanager
+def _sftp_errors(path: str) -> Iterator[None]:
+    """SFTP's status codes as the OSErrors the copy engine reads; a lost
+    session as a LinkError that says a re-run resumes. Version 3 servers
+    send "no space" as a plain failure, so its text is read too."""
+    try:
+        yield
+    except (
+        asyncssh.SFTPConnectionLost,
+        asyncssh.SFTPNoConnection,
+        asyncssh.DisconnectError,
+        ConnectionError,
+    ) as exc:
+        raise LinkError(
+            f"the copy's SSH session ended ({exc}); run the same command again to resume"
+        ) from None
+    except asyncssh.SFTPError as exc:
+        number = next((n for kind, n in _SFTP_ERRNO if isinstance(exc, kind)), errno.EIO)
+        if "no space left" in exc.reason.lower():
+            number = errno.ENOSPC
+        raise OSError(number, exc.reason or os.strerror(number), path) from None
+
+
+def _entry(attrs: asyncssh.SFTPAttrs) -> Entry:
+    mode = attrs.permissions or 0
+    if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+        mode |= stat.S_IFDIR
+    return Entry.from_mode(mode, attrs.size or 0, attrs.mtime or 0)
+
+
+class _PipelinedSink:
+    """Writes at increasing offsets with up to WINDOW blocks in flight."""
+
+    def __init__(self, file: asyncssh.SFTPClientFile, offset: int, path: str) -> None:
+        self._file, self._offset, self._path = file, offset, path
+        self._pending: deque[asyncio.Task[int]] = deque()
+
+    async def write(self, data: bytes) -> None:
+        if len(self._pending) >= WINDOW:
+            with _sftp_errors(self._path):
+                await self._pending.popleft()
+        self._pending.append(asyncio.ensure_future(self._file.write(data, self._offset)))
+        self._offset += len(data)
+
+    async def drain(self) -> None:
+        with _sftp_errors(self._path):
+            while self._pending:
+                await self._pending.popleft()
+
+    def cancel(self) -> None:
+        for task in self._pending:
+            task.cancel()
+
+
+class RemoteSide:
+    """A run's filesystem over SFTP, for connector.cp (its `Side`)."""
+
+    def __init__(self, sftp: asyncssh.SFTPClient) -> None:
+        self._sftp = sftp
+
+    async def stat(self, path: str) -> Entry | None:
+        try:
+            with _sftp_errors(path):
+                return _entry(await self._sftp.lstat(path))
+        except FileNotFoundError:
+            return None
+
+    async def scandir(self, path: str) -> list[tuple[str, Entry]]:
+        with _sftp_errors(path):
+            names = [name async for name in self._sftp.scandir(path)]
+        return [
+            (str(name.filename), _entry(name.attrs))
+            for name in names
+            if name.filename not in (".", "..")
+        ]
+
+    async def mkdir(self, path: str) -> None:
+        with _sftp_errors(path):
+            await self._sftp.mkdir(path, asyncssh.SFTPAttrs(permissions=0o700))
+
+    async def read(self, path: str, offset: int) -> AsyncGenerator[bytes, None]:
+        """Blocks ahead of the one handed out are already asked for, so the
+        link stays busy while the laptop writes."""
+        pending: deque[asyncio.Task[bytes]] = deque()
+        with _sftp_errors(path):
+            async with self._sftp.open(path, "rb", block_size=BLOCK) as file:
+                try:
+                    size = (await file.stat()).size or 0
+                    for at in range(offset, size, BLOCK):
+                        if len(pending) >= WINDOW:
+                            yield await pending.popleft()
+                        pending.append(asyncio.ensure_future(file.read(BLOCK, at)))
+                    while pending:
+                        yield await pending.popleft()
+                finally:
+                    for task in pending:
+                        task.cancel()
+
+    @contextlib.asynccontextmanager
+    async def append(self, path: str, offset: int) -> AsyncIterator[Sink]:
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
+        with _sftp_errors(path):
+            file = await self._sftp.open(
+                path, flags, asyncssh.SFTPAttrs(permissions=0o600), encoding=None, block_size=BLOCK
+            )
+        sink = _PipelinedSink(file, offset, path)
+        try:
+            with _sftp_errors(path):
+                await file.truncate(offset)
+            yield sink
+            await sink.drain()
+        finally:
+            sink.cancel()
+            with contextlib.suppress(asyncssh.Error, ConnectionError):
+                await file.close()
+
+    async def settle(self, path: str, mode: int, mtime: int, final: str | None) -> None:
+        attrs = asyncssh.SFTPAttrs(permissions=mode, atime=mtime, mtime=mtime)
+        with _sftp_errors(path):
+            await self._sftp.setstat(path, attrs)
+            if final is not None:
+                await self._sftp.posix_rename(path, final)
+
+
+@contextlib.asynccontextmanager
+async def sftp_over(
+    sock: socket.socket, user: str, host_key: str, client_key: Path
+) -> AsyncIterator[RemoteSide]:
+    """An SFTP session with the agent's SSH server on a socket already
+    carried to it. The host key came over the pinned, authenticated link
+    (AuthorizeSshKey), so it is trusted for this connection alone."""
+    try:
+        conn = await asyncssh.connect(
+            "tether-agent",  # a name for asyncssh's logs: a socketpair has no peer address
+            sock=sock,
+            username=user,
+            client_keys=[str(client_key)],
+            known_hosts=([asyncssh.import_public_key(host_key)], [], []),
+            encryption_algs=_COPY_CIPHERS,
+            compression_algs=["none"],
+            agent_path=None,
+            config=[],
+            connect_timeout=SSH_CONNECT_TIMEOUT,
+        )
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise LinkError(f"the run's SSH server did not let us in: {exc}") from None
+    async with conn:
+        with _sftp_errors(""):
+            sftp = await conn.start_sftp_client()
+        async with sftp:
+            yield RemoteSide(sftp)

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from connector.cli import (
+    cp,
     daemon,
     describe,
     forward,
@@ -61,6 +62,7 @@ app.command("forward")(forward.forward)
 app.add_typer(forwards.app, name="forwards", hidden=True)
 app.command("ssh-config")(ssh_config.ssh_config_command)
 app.command("proxy")(proxy.proxy)
+app.command("cp")(cp.cp)
 app.add_typer(tmux.app, name="tmux")
 app.command("status")(status.status)
 app.command("describe")(describe.describe)
