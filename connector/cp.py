@@ -270,14 +270,14 @@ class Copy:
         chunks = self._source.read(job.source, job.offset)
         async with (
             aclosing(chunks),
-            _errors_named(self._target_end, partial),
+            _errors_named(self._target_end, job.target),
             self._target.append(partial, job.offset) as sink,
         ):
             while True:
                 data = await self._guarded(self._source_end, job.source, anext(chunks, None))
                 if data is None:
                     break
-                await self._guarded(self._target_end, partial, sink.write(data))
+                await self._guarded(self._target_end, job.target, sink.write(data))
                 sent += len(data)
                 advance(len(data))
         if job.offset + sent != job.entry.size:
@@ -305,5 +305,8 @@ async def _errors_named(end: Endpoint, path: str) -> AsyncIterator[None]:
     except OSError as exc:
         where = end.describe(path)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CopyError(f"{where}: no space left on the destination ({exc.strerror})") from None
+            raise CopyError(
+                f"{where}: no space left on the destination ({exc.strerror}); "
+                "make room and run the same command again to resume"
+            ) from None
         raise CopyError(f"{where}: {exc.strerror or exc}") from None

@@ -10,6 +10,8 @@ import asyncio
 import hashlib
 import os
 import re
+import shlex
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,12 +155,12 @@ def test_no_space_left_names_the_destination(setup: Setup, small_tmpfs: Path) ->
     source = make_file(setup.root / "large.bin", 4 << 20)
     upload = setup.laptop.tether("cp", str(source), f"train:{small_tmpfs}")
     assert upload.returncode == 1
-    message = f"train:{small_tmpfs}/large.bin{PARTIAL_SUFFIX}: no space left on the destination"
+    message = f"train:{small_tmpfs}/large.bin: no space left on the destination"
     assert message in upload.stderr.decode()
     (small_tmpfs / ("large.bin" + PARTIAL_SUFFIX)).unlink()
     download = setup.laptop.tether("cp", f"train:{source}", str(small_tmpfs))
     assert download.returncode == 1
-    message = f"{small_tmpfs}/large.bin{PARTIAL_SUFFIX}: no space left on the destination"
+    message = f"{small_tmpfs}/large.bin: no space left on the destination"
     assert message in download.stderr.decode()
 
 
@@ -175,14 +177,16 @@ def moved(at: int) -> Callable[[ProxyStats], bool]:
     return lambda stats: stats.bytes_up + stats.bytes_down >= at
 
 
-def test_killed_copy_resumes_where_it_stopped(setup: Setup) -> None:
+@pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
+def test_killed_copy_resumes_where_it_stopped(setup: Setup, upload: bool) -> None:
     size = 24 << 20
     source = make_file(setup.root / "data.bin", size)
     there = setup.root / "there.bin"
+    ends = (str(source), f"{{}}:{there}") if upload else (f"{{}}:{source}", str(there))
 
     async def interrupted() -> None:
         async with FaultProxy("127.0.0.1", setup.agent_port) as proxy:
-            copy = await _start_behind(setup, proxy, "cp", str(source), f"cut:{there}")
+            copy = await _start_behind(setup, proxy, "cp", *(e.format("cut") for e in ends))
             await proxy.wait_until(moved(size // 2))
             copy.kill()
             await copy.wait()
@@ -190,7 +194,7 @@ def test_killed_copy_resumes_where_it_stopped(setup: Setup) -> None:
     asyncio.run(interrupted())
     partial = there.with_name(there.name + PARTIAL_SUFFIX)
     assert partial.stat().st_size > 0 and not there.exists()
-    done = setup.laptop.tether("cp", str(source), f"train:{there}")
+    done = setup.laptop.tether("cp", *(e.format("train") for e in ends))
     assert b"1 resumed" in done.stderr
     assert copied(done) < size
     assert kept(there) == kept(source) and not partial.exists()
@@ -224,3 +228,17 @@ def test_link_cut_mid_copy_completes_with_identical_bytes(setup: Setup) -> None:
         assert code == 255 and b"run the same command again" in stderr, stderr
         copied(setup.laptop.tether("cp", f"train:{source}", str(back)))
     assert kept(back) == kept(source)
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
+def test_progress_bar_in_a_terminal(setup: Setup) -> None:
+    source = make_file(setup.root / "data.bin", 4_000_000)
+    command = shlex.join([TETHER, "cp", str(source), f"train:{setup.root}/there.bin"])
+    env = {**setup.laptop.env, "COLUMNS": "100"}
+    done = subprocess.run(
+        ["script", "-qec", command, "/dev/null"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout
+    assert b"4.0/4.0 MB" in done.stdout and b"MB/s" in done.stdout
+    without_bar = setup.laptop.tether("cp", str(source), f"train:{setup.root}/again.bin")
+    assert b"MB/s" in without_bar.stderr and b"4.0/4.0" not in without_bar.stderr
