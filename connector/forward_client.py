@@ -105,7 +105,7 @@ class ForwardClient:
             channel = await self._wait_for_link()
             try:
                 return await self._attempt(channel)
-            except _Broken as exc:
+            except (_Broken, asyncio.InvalidStateError) as exc:  # the stream ended under us
                 log.debug("forward %s: %s", self.connection_id, exc)
             except grpc.aio.AioRpcError as exc:
                 await self._judge(exc, channel)
@@ -172,6 +172,14 @@ class ForwardClient:
             raw = await call.read()
             return None if raw is grpc.aio.EOF else bytes(raw)  # type: ignore[attr-defined]
 
+        async def write(raw: bytes) -> None:
+            try:
+                await call.write(raw)
+            except asyncio.InvalidStateError:
+                # The RPC already finished; the reader is about to see its
+                # status (an end or an error), which is the verdict.
+                await asyncio.get_running_loop().create_future()
+
         try:
             self._opened_now = False
             await call.write(self._open_frame())
@@ -183,7 +191,7 @@ class ForwardClient:
                     f"not at {self.end.delivered} as asked"
                 )
             send_from = self.end.resume_at(opened.recv_offset)
-            relay = Relay(self.end, CONNECTOR_SIDE, read, call.write)
+            relay = Relay(self.end, CONNECTOR_SIDE, read, write)
             outcome = await relay.run(send_from, end_when_complete=False)
             if outcome is Outcome.ENDED:
                 raise _Broken("the agent ended the stream before the connection ended")
