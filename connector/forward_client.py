@@ -15,6 +15,7 @@ is then reset, so an application never hangs on a half-alive listener.
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -66,8 +67,10 @@ class ForwardClient:
         *,
         link_wait: float = LINK_WAIT,
         resume_limit: float = RESUME_LIMIT,
+        on_finished: Callable[["ForwardClient"], None] | None = None,
     ) -> None:
         self._link = link
+        self._on_finished = on_finished
         self.end = end
         self._host = host
         self._port = port
@@ -94,6 +97,8 @@ class ForwardClient:
         except TetherError as exc:  # the link cannot be had (closed, wrong token)
             self.error = str(exc)
         finally:
+            if self._on_finished is not None:  # before the application can see the end
+                self._on_finished(self)
             if outcome is Outcome.COMPLETE:
                 self.end.close()
             else:

@@ -148,7 +148,7 @@ class Forwarder:
         self.spec = spec
         self._link_wait = link_wait
         self._servers: list[asyncio.Server] = []
-        self._clients: dict[asyncio.Task[Outcome], ForwardClient] = {}
+        self._clients: dict[ForwardClient, asyncio.Task[Outcome]] = {}
         self._total = self._failed = self._done_out = self._done_in = 0
         self._last_error: str | None = None
         self.port = spec.local_port
@@ -189,27 +189,39 @@ class Forwarder:
 
     def _accepted(self, end: SocketEnd) -> None:
         client = ForwardClient(
-            self.link, end, self.spec.host, self.spec.remote_port, link_wait=self._link_wait
+            self.link,
+            end,
+            self.spec.host,
+            self.spec.remote_port,
+            link_wait=self._link_wait,
+            on_finished=self._finished,
         )
         task = asyncio.get_running_loop().create_task(client.run())
-        self._clients[task] = client
+        self._clients[client] = task
         self._total += 1
-        task.add_done_callback(self._finished)
+        task.add_done_callback(lambda done: self._check(client, done))
 
-    def _finished(self, task: "asyncio.Task[Outcome]") -> None:
-        client = self._clients.pop(task)
+    def _finished(self, client: ForwardClient) -> None:
+        """Counts a connection that ended, before its application sees the end."""
+        self._clients.pop(client, None)
         self._done_out += client.end.outbox.buffer.end
         self._done_in += client.end.delivered
-        failure = None if task.cancelled() else task.exception()
-        if failure is not None:  # a bug, not the link or the agent: keep it visible
-            log.error("forwarded connection failed", exc_info=failure)
-            client.error = client.error or f"internal error: {failure!r}"
         if client.error is not None:
             self._failed += 1
             self._last_error = client.error
 
+    def _check(self, client: ForwardClient, task: "asyncio.Task[Outcome]") -> None:
+        if client in self._clients:  # cancelled before it ran: nothing closed the socket
+            self._finished(client)
+            client.end.reset()
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:  # a bug, not the link or the agent: keep it visible
+            log.error("forwarded connection failed", exc_info=failure)
+            self._failed += 1
+            self._last_error = f"internal error: {failure!r}"
+
     def status(self) -> ForwardStatus:
-        live = list(self._clients.values())
+        live = list(self._clients)
         return ForwardStatus(
             active=len(live),
             total=self._total,
@@ -223,11 +235,11 @@ class Forwarder:
         """Stops listening and resets every connection."""
         for server in self._servers:
             server.close()
-        for task in self._clients:
+        for task in self._clients.values():
             task.cancel()
 
     async def wait_closed(self) -> None:
         for server in self._servers:
             await server.wait_closed()
         while self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            await asyncio.gather(*self._clients.values(), return_exceptions=True)
