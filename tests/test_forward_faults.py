@@ -105,12 +105,17 @@ def test_connection_accepted_while_the_link_is_down_waits_then_resets(tmp_path: 
             writer.write(b"anyone?")
             await assert_reset(reader)
             assert "down for 0.5s" in (setup.forwarder.status().last_error or "")
-            # The listener stayed; a connection made while the link is down
-            # goes through once it is back within the wait.
+            # The listener stayed, and a connection made while the link is
+            # down goes through once the link is back within the wait (a
+            # second forward on the same link, with a wait no test box misses).
+            async with Forwarder(setup.link, parse_spec(f"0:{port}"), link_wait=60) as patient:
+                reader, writer = await asyncio.open_connection("127.0.0.1", patient.port)
+                writer.write(b"early bytes")
+                proxy.refuse(False)
+                assert await reader.readexactly(11) == b"early bytes"
+                sent, received = await echo_roundtrip(reader, writer, MiB, 4096)
+                assert received == sent
             reader, writer = await setup.connect()
-            writer.write(b"early bytes")
-            proxy.refuse(False)
-            assert await reader.readexactly(11) == b"early bytes"
             sent, received = await echo_roundtrip(reader, writer, MiB, 4096)
             assert received == sent
 
@@ -218,6 +223,7 @@ def test_agent_away_fails_clearly_and_the_listener_works_when_it_is_back(tmp_pat
             assert "down for 0.5s" in (setup.forwarder.status().last_error or "")
             config = dataclasses.replace(setup.agent.config, port=agent_port)
             async with AgentServer(config):
+                await setup.link.channel()  # the link is back
                 reader, writer = await setup.connect()
                 sent, received = await echo_roundtrip(reader, writer, MiB, 65536)
                 assert received == sent
