@@ -35,6 +35,8 @@ FORWARD_METHOD = "/tether.v1.Agent/Forward"
 LINK_WAIT = 10.0
 # A little past the agent's default grace: after it the agent has reset the target.
 RESUME_LIMIT = 75.0
+STALL_PAUSE = 0.05
+STALL_PAUSE_CAP = 5.0
 
 
 class ForwardLink(LinkLike, Protocol):
@@ -80,6 +82,8 @@ class ForwardClient:
         self._opened = False  # the agent has answered an open of this connection
         self._opened_now = False  # ... on the current attempt
         self._last_open_failure = ""
+        self._progress_mark = (0, 0)
+        self._stalled = 0
         self.error: str | None = None
 
     async def run(self) -> Outcome:
@@ -143,12 +147,24 @@ class ForwardClient:
         if exc.code() in FATAL_CODES:
             raise _Refused(description)
         if self._opened_now:
+            await self._pause_if_stalled()
             return
         if await self._link.is_lost(channel):
             return
         if description == self._last_open_failure:
             raise _Refused(description)
         self._last_open_failure = description
+
+    async def _pause_if_stalled(self) -> None:
+        """Streams that keep failing with no byte moving are resumed ever
+        more slowly, so a failure that is not the link's cannot spin."""
+        mark = (self.end.delivered, self.end.outbox.buffer.start)
+        if mark != self._progress_mark:
+            self._progress_mark = mark
+            self._stalled = 0
+            return
+        self._stalled += 1
+        await asyncio.sleep(min(STALL_PAUSE * 2**self._stalled, STALL_PAUSE_CAP))
 
     def _finished_here(self) -> bool:
         """Both directions ended and every byte of the agent's was taken:
