@@ -117,6 +117,10 @@ class ShellClient:
         self._input_eof = False
         self._size: tuple[int, int] | None = None
         self._pending_signals: list[int] = []
+        # Per attempt: what this stream has been sent so far.
+        self._send_offset = 0
+        self._sent_size: tuple[int, int] | None = None
+        self._eof_sent = False
         self._wake = Wakeup()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_now = False
@@ -266,37 +270,47 @@ class ShellClient:
         self._ack_now = True
         self._wake.fire()
 
-    async def _send_ack(self, call: Any) -> None:
+    def _ack_frame(self) -> bytes:
+        """Acknowledges all output taken so far; clears the pending ack."""
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
         self._ack_now = False
-        await call.write(SHELL_CLIENT.message(pb.ShellClientFrame(ack=self._output.mark_acked())))
+        return SHELL_CLIENT.message(pb.ShellClientFrame(ack=self._output.mark_acked()))
 
     async def _write_loop(self, call: Any, offset: int) -> None:
-        """Sends input from `offset`, control frames and output acks, as they come."""
-        sent_size: tuple[int, int] | None = None
-        eof_sent = False
+        """Sends input from `offset`, control frames and output acks, one frame
+        at a time; waits only when nothing is due. Deciding is synchronous, so
+        a keystroke can never slip in between the last look and the wait."""
+        self._send_offset, self._sent_size, self._eof_sent = offset, None, False
         while True:
-            if self._output.ack_due():
-                await self._send_ack(call)
-            if self._input.end > offset:
-                chunk = self._input.read(offset, INPUT_FRAME_BYTES)
-                await call.write(SHELL_CLIENT.data(SHELL_INPUT, chunk.data))
-                offset += len(chunk.data)
-                continue
-            if self._size is not None and self._size != sent_size:
-                sent_size = self._size
-                cols, rows = sent_size
-                frame = pb.ShellClientFrame(resize=pb.WindowSize(cols=cols, rows=rows))
-                await call.write(SHELL_CLIENT.message(frame))
-            while self._pending_signals:
-                number = self._pending_signals.pop(0)
-                frame = pb.ShellClientFrame(signal=pb.Signal(number=number))
-                await call.write(SHELL_CLIENT.message(frame))
-            if self._input_eof and not eof_sent:
-                eof_sent = True
-                await call.write(SHELL_CLIENT.message(pb.ShellClientFrame(eof=pb.StdinEof())))
-            if self._output.unacked and (self._output.ack_due() or self._ack_now):
-                await self._send_ack(call)
-            await self._wake.wait()
+            frame = self._next_frame()
+            if frame is None:
+                await self._wake.wait()
+            else:
+                await call.write(frame)
+
+    def _next_frame(self) -> bytes | None:
+        """An output ack when one is overdue, else input, a resize, a signal,
+        EOF, a timed ack; None when nothing is due."""
+        if self._output.ack_due():
+            return self._ack_frame()
+        if self._input.end > self._send_offset:
+            chunk = self._input.read(self._send_offset, INPUT_FRAME_BYTES)
+            self._send_offset += len(chunk.data)
+            return SHELL_CLIENT.data(SHELL_INPUT, chunk.data)
+        if self._size is not None and self._size != self._sent_size:
+            self._sent_size = self._size
+            cols, rows = self._size
+            return SHELL_CLIENT.message(
+                pb.ShellClientFrame(resize=pb.WindowSize(cols=cols, rows=rows))
+            )
+        if self._pending_signals:
+            number = self._pending_signals.pop(0)
+            return SHELL_CLIENT.message(pb.ShellClientFrame(signal=pb.Signal(number=number)))
+        if self._input_eof and not self._eof_sent:
+            self._eof_sent = True
+            return SHELL_CLIENT.message(pb.ShellClientFrame(eof=pb.StdinEof()))
+        if self._output.unacked and self._ack_now:
+            return self._ack_frame()
+        return None

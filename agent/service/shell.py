@@ -54,14 +54,16 @@ class Attachment:
         self.session = session
         self._table = table
         self._context = context
-        self._send_lock = asyncio.Lock()
         self._acked_input = session.input_offset
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_due = False
+        self._offset = 0
+        self._notices_seen = 0
+        self._exit_sent = False
 
     async def _send(self, raw: bytes) -> None:
-        async with self._send_lock:
-            await self._context.write(raw)
+        # Only one task writes: run() sends `opened`, then the pump all else.
+        await self._context.write(raw)
 
     async def _send_frame(self, frame: pb.ShellServerFrame) -> None:
         await self._send(SHELL_SERVER.message(frame))
@@ -93,50 +95,61 @@ class Attachment:
             session.detach(self)
 
     async def _pump_output(self, offset: int) -> None:
-        session = self.session
-        buffer = session.output.buffer
-        notices_seen = session.notice_seq
-        exit_sent = False
+        """Sends whatever is due, one frame at a time; waits only when nothing
+        is. Deciding is synchronous, so no wake-up can fall between the last
+        look and the wait."""
+        self._offset = offset
+        self._notices_seen = self.session.notice_seq
         while True:
-            if session.attachment is not self:
+            if self.session.attachment is not self:
                 text = "tether: this session was attached from another client"
                 await self._send_frame(pb.ShellServerFrame(notice=pb.Notice(text=text)))
                 return
-            if offset < buffer.start:
-                gap = pb.Gap(offset=offset, size=buffer.start - offset)
-                await self._send_frame(pb.ShellServerFrame(gap=gap))
-                offset = buffer.start
-            if buffer.end > offset:
-                chunk = buffer.read(offset, FRAME_BYTES)
-                await self._send(SHELL_SERVER.data(_CHANNEL_FIELD[chunk.channel], chunk.data))
-                offset += len(chunk.data)
-                session.note_sent(offset)
-                continue
-            for seq, text in list(session.notices):
-                if seq > notices_seen:
-                    notices_seen = seq
-                    await self._send_frame(pb.ShellServerFrame(notice=pb.Notice(text=text)))
-            if self._ack_due:
-                await self._send_ack()
-            status = session.exit
-            if status is not None and not exit_sent and offset >= status.output_end:
-                exit_frame = pb.Exit(
-                    code=status.code,
-                    signal=status.signal,
-                    output_end=status.output_end,
-                    message=status.message,
-                )
-                await self._send_frame(pb.ShellServerFrame(exit=exit_frame))
-                exit_sent = True
-            await session.output.changed.wait()
+            frame = self._next_frame()
+            if frame is None:
+                await self.session.output.changed.wait()
+            else:
+                await self._send(frame)
 
-    async def _send_ack(self) -> None:
+    def _next_frame(self) -> bytes | None:
+        """The next frame for the client, in order: a gap, output, a notice,
+        an ack of input, the exit; None when nothing is due."""
+        session, buffer = self.session, self.session.output.buffer
+        if self._offset < buffer.start:
+            gap = pb.Gap(offset=self._offset, size=buffer.start - self._offset)
+            self._offset = buffer.start
+            return SHELL_SERVER.message(pb.ShellServerFrame(gap=gap))
+        if buffer.end > self._offset:
+            chunk = buffer.read(self._offset, FRAME_BYTES)
+            self._offset += len(chunk.data)
+            session.note_sent(self._offset)
+            return SHELL_SERVER.data(_CHANNEL_FIELD[chunk.channel], chunk.data)
+        for seq, text in session.notices:
+            if seq > self._notices_seen:
+                self._notices_seen = seq
+                return SHELL_SERVER.message(pb.ShellServerFrame(notice=pb.Notice(text=text)))
+        if self._ack_due:
+            return SHELL_SERVER.message(pb.ShellServerFrame(ack=self._take_ack()))
+        status = session.exit
+        if status is not None and not self._exit_sent and self._offset >= status.output_end:
+            self._exit_sent = True
+            exit_frame = pb.Exit(
+                code=status.code,
+                signal=status.signal,
+                output_end=status.output_end,
+                message=status.message,
+            )
+            return SHELL_SERVER.message(pb.ShellServerFrame(exit=exit_frame))
+        return None
+
+    def _take_ack(self) -> int:
+        """The input offset to acknowledge now; clears the pending ack."""
         self._ack_due = False
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
         self._acked_input = self.session.input_offset
-        await self._send_frame(pb.ShellServerFrame(ack=self._acked_input))
+        return self._acked_input
 
     def _input_arrived(self) -> None:
         if self.session.input_offset - self._acked_input >= ACK_EVERY_BYTES:
