@@ -49,8 +49,10 @@ def footprint(pids: list[int], seconds: float) -> tuple[float, float]:
 
 def listening_pid(port: int) -> int:
     for conn in psutil.net_connections(kind="tcp"):
-        listening = conn.status == psutil.CONN_LISTEN and conn.laddr
-        if listening and conn.laddr.port == port and conn.pid:
+        address = conn.laddr
+        if conn.status != psutil.CONN_LISTEN or not isinstance(address, tuple) or not address:
+            continue
+        if address[1] == port and conn.pid:
             return int(conn.pid)
     raise RuntimeError(f"nothing listens on port {port}")
 
