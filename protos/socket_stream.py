@@ -36,9 +36,9 @@ from protos.resumable import ACK_EVERY_SECONDS, Outbox, StreamError
 FRAME_BYTES = 1 << 20
 T = TypeVar("T")
 # Each message costs far more CPU than its bytes, so a forward acknowledges
-# every half MiB, not the shell's 64 KiB: one ack per two full frames. The
-# sender's window (its Outbox limit, 1 MiB at least) stays well above it.
-ACK_BYTES = 512 * 1024
+# every MiB, not the shell's 64 KiB: about one ack per full data frame. A
+# sender's window (its Outbox limit) is never below this, so the ack comes.
+ACK_BYTES = 1024 * 1024
 
 Frame = pb.ForwardClientFrame | pb.ForwardServerFrame
 ReadRaw = Callable[[], Awaitable[bytes | None]]
