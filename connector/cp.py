@@ -194,6 +194,7 @@ class Copy:
     def __init__(self, source: Side, source_end: Endpoint, target: Side, target_end: Endpoint):
         self._source, self._source_end = source, source_end
         self._target, self._target_end = target, target_end
+        self._failure: TetherError | None = None
 
     async def plan(self) -> Plan:
         path = self._source_end.path
@@ -212,9 +213,18 @@ class Copy:
 
         async def one(job: _FileJob) -> None:
             async with gate:
-                plan.tally.sent += await self._copy_file(job, advance)
+                if self._failure is None:
+                    try:
+                        plan.tally.sent += await self._copy_file(job, advance)
+                    except TetherError as exc:
+                        self._failure = self._failure or exc
 
+        # The first failure stops the other files between two blocks, not by
+        # cancelling them: a cancelled SFTP request leaves asyncssh's tasks
+        # under it with errors nobody retrieves, which asyncio then prints.
         await asyncio.gather(*(one(job) for job in plan.files))
+        if self._failure is not None:
+            raise self._failure
         for path, entry in reversed(plan.directories):  # children change a parent's mtime
             settled = self._target.settle(path, entry.mode, entry.mtime, None)
             await self._guarded(self._target_end, path, settled)
@@ -232,6 +242,8 @@ class Copy:
         into = path.endswith("/") or posixpath.basename(path) in ("", ".", "..")
         if found is not None and found.is_dir and (into or not entry.is_dir):
             return posixpath.join(path, posixpath.basename(source.rstrip("/")) or ".")
+        if into:
+            raise CopyError(f"{self._target_end.describe(path)}: no such directory")
         parent = posixpath.dirname(path.rstrip("/")) or "."
         above = await self._checked(self._target, self._target_end, parent)
         if above is None or not above.is_dir:
@@ -273,13 +285,15 @@ class Copy:
             _errors_named(self._target_end, job.target),
             self._target.append(partial, job.offset) as sink,
         ):
-            while True:
+            while self._failure is None:
                 data = await self._guarded(self._source_end, job.source, anext(chunks, None))
                 if data is None:
                     break
                 await self._guarded(self._target_end, job.target, sink.write(data))
                 sent += len(data)
                 advance(len(data))
+        if self._failure is not None:
+            return sent  # left partial, for the re-run
         if job.offset + sent != job.entry.size:
             raise CopyError(
                 f"{self._source_end.describe(job.source)} changed while it was copied; "

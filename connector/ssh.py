@@ -12,8 +12,9 @@ import os
 import socket
 import stat
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -24,6 +25,7 @@ from connector.errors import ConfigError, FatalLinkError, LinkError, RemoteError
 CLIENT_KEY_FILE = "id_ed25519"
 SSH_KEEPALIVE_SECONDS = 10
 SSH_CONNECT_TIMEOUT = 10
+T = TypeVar("T")
 
 
 def ensure_client_key(directory: Path) -> tuple[Path, str]:
@@ -189,6 +191,21 @@ def _entry(attrs: asyncssh.SFTPAttrs) -> Entry:
     return Entry.from_mode(mode, attrs.size or 0, attrs.mtime or 0)
 
 
+async def _oldest(requests: deque["asyncio.Task[T]"]) -> T:
+    """The oldest request's result. Shielded, and kept in `requests` until
+    done, so that a cancel or a failure leaves it to _settle_quietly."""
+    result = await asyncio.shield(requests[0])
+    requests.popleft()
+    return result
+
+
+async def _settle_quietly(requests: Iterable["asyncio.Task[Any]"]) -> None:
+    """Lets requests already sent end, their outcome no longer wanted:
+    cancelling one instead leaves asyncssh's own tasks under it with
+    errors nobody retrieves, which asyncio then prints."""
+    await asyncio.gather(*requests, return_exceptions=True)
+
+
 class _PipelinedSink:
     """Writes at increasing offsets with up to WINDOW blocks in flight."""
 
@@ -199,18 +216,17 @@ class _PipelinedSink:
     async def write(self, data: bytes) -> None:
         if len(self._pending) >= WINDOW:
             with _sftp_errors(self._path):
-                await self._pending.popleft()
+                await _oldest(self._pending)
         self._pending.append(asyncio.ensure_future(self._file.write(data, self._offset)))
         self._offset += len(data)
 
     async def drain(self) -> None:
         with _sftp_errors(self._path):
             while self._pending:
-                await self._pending.popleft()
+                await _oldest(self._pending)
 
-    def cancel(self) -> None:
-        for task in self._pending:
-            task.cancel()
+    async def abandon(self) -> None:
+        await _settle_quietly(self._pending)
 
 
 class RemoteSide:
@@ -249,13 +265,12 @@ class RemoteSide:
                     size = (await file.stat()).size or 0
                     for at in range(offset, size, BLOCK):
                         if len(pending) >= WINDOW:
-                            yield await pending.popleft()
+                            yield await _oldest(pending)
                         pending.append(asyncio.ensure_future(file.read(BLOCK, at)))
                     while pending:
-                        yield await pending.popleft()
+                        yield await _oldest(pending)
                 finally:
-                    for task in pending:
-                        task.cancel()
+                    await _settle_quietly(pending)
 
     @contextlib.asynccontextmanager
     async def append(self, path: str, offset: int) -> AsyncIterator[Sink]:
@@ -271,7 +286,7 @@ class RemoteSide:
             yield sink
             await sink.drain()
         finally:
-            sink.cancel()
+            await sink.abandon()
             with contextlib.suppress(asyncssh.Error, ConnectionError):
                 await file.close()
 

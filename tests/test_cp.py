@@ -129,6 +129,7 @@ def test_missing_paths_are_named(setup: Setup) -> None:
         (f"train:{setup.root}/nope", str(setup.root), f"train:{setup.root}/nope: no such file"),
         (str(source), f"train:{setup.root}/no/dir/a", f"train:{setup.root}/no/dir: no such dir"),
         (f"train:{source}", f"{setup.root}/no/a", f"{setup.root}/no: no such directory"),
+        (str(source), f"train:{setup.root}/new/", f"train:{setup.root}/new/: no such directory"),
         (str(source), str(setup.root / "b"), "name the run on exactly one side"),
     ]
     for source_arg, target_arg, message in cases:
@@ -152,15 +153,22 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_no_space_left_names_the_destination(setup: Setup, small_tmpfs: Path) -> None:
-    source = make_file(setup.root / "large.bin", 4 << 20)
-    upload = setup.laptop.tether("cp", str(source), f"train:{small_tmpfs}")
+    tree = setup.root / "payload"
+    for name in "abc":  # copied in parallel: the first to fail is the one reported
+        make_file(tree / name, 1536 << 10)
+    upload = setup.laptop.tether("cp", str(tree), f"train:{small_tmpfs}/")
     assert upload.returncode == 1
-    message = f"train:{small_tmpfs}/large.bin: no space left on the destination"
-    assert message in upload.stderr.decode()
-    (small_tmpfs / ("large.bin" + PARTIAL_SUFFIX)).unlink()
-    download = setup.laptop.tether("cp", f"train:{source}", str(small_tmpfs))
+    stderr = upload.stderr.decode()
+    assert re.search(
+        rf"^tether: train:{small_tmpfs}/payload/[abc]: no space left on the destination", stderr
+    ), stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    shutil.rmtree(small_tmpfs / "payload")
+    download = setup.laptop.tether("cp", f"train:{tree}/a", str(small_tmpfs))
+    copied(download)
+    download = setup.laptop.tether("cp", f"train:{tree}/b", str(small_tmpfs))
     assert download.returncode == 1
-    message = f"{small_tmpfs}/large.bin: no space left on the destination"
+    message = f"{small_tmpfs}/b: no space left on the destination"
     assert message in download.stderr.decode()
 
 
