@@ -32,7 +32,7 @@ WINDOW = 16
 RESUME_MARGIN = BLOCK * WINDOW
 PARTIAL_SUFFIX = ".tether-part"
 # Files copied at once: many small files are bound by round trips, not bytes.
-PARALLEL_FILES = 4
+PARALLEL_FILES = 8
 
 T = TypeVar("T")
 
@@ -171,6 +171,9 @@ class Tally:
     sent: int = 0
 
 
+_Listing = dict[str, Entry]
+
+
 @dataclass
 class _FileJob:
     source: str
@@ -183,7 +186,7 @@ class _FileJob:
 class Plan:
     """Everything to do, known before the first byte moves (for the bar)."""
 
-    directories: list[tuple[str, Entry]] = field(default_factory=list)
+    directories: list[tuple[str, Entry, bool]] = field(default_factory=list)  # bool: exists
     files: list[_FileJob] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
 
@@ -206,8 +209,8 @@ class Copy:
         return plan
 
     async def run(self, plan: Plan, advance: Callable[[int], None]) -> Tally:
-        for path, _ in plan.directories:
-            if await self._checked(self._target, self._target_end, path) is None:
+        for path, _, exists in plan.directories:
+            if not exists:
                 await self._guarded(self._target_end, path, self._target.mkdir(path))
         gate = asyncio.Semaphore(PARALLEL_FILES)
 
@@ -225,7 +228,7 @@ class Copy:
         await asyncio.gather(*(one(job) for job in plan.files))
         if self._failure is not None:
             raise self._failure
-        for path, entry in reversed(plan.directories):  # children change a parent's mtime
+        for path, entry, _ in reversed(plan.directories):  # children change a parent's mtime
             settled = self._target.settle(path, entry.mode, entry.mtime, None)
             await self._guarded(self._target_end, path, settled)
         return plan.tally
@@ -250,31 +253,56 @@ class Copy:
             raise CopyError(f"{self._target_end.describe(parent)}: no such directory")
         return path
 
-    async def _plan_entry(self, plan: Plan, source: str, target: str, entry: Entry) -> None:
+    async def _plan_entry(
+        self, plan: Plan, source: str, target: str, entry: Entry, siblings: _Listing | None = None
+    ) -> None:
+        """`siblings`: what the target's directory holds, listed once for
+        all its files (one round trip per directory, not two per file)."""
         if entry.is_dir:
-            plan.directories.append((target, entry))
+            present = await self._target_listing(target)
+            plan.directories.append((target, entry, present is not None))
             listing = self._source.scandir(source)
             for name, child in sorted(await self._guarded(self._source_end, source, listing)):
                 await self._plan_entry(
-                    plan, posixpath.join(source, name), posixpath.join(target, name), child
+                    plan,
+                    posixpath.join(source, name),
+                    posixpath.join(target, name),
+                    child,
+                    present or {},
                 )
         elif entry.is_file:
-            await self._plan_file(plan, _FileJob(source, target, entry))
+            await self._plan_file(plan, _FileJob(source, target, entry), siblings)
         else:
             plan.tally.skipped_special += 1
 
-    async def _plan_file(self, plan: Plan, job: _FileJob) -> None:
+    async def _target_listing(self, path: str) -> _Listing | None:
+        """The directory's entries by name; None when it is not there yet."""
+        found = await self._checked(self._target, self._target_end, path)
+        if found is None or not found.is_dir:
+            return None
+        return dict(await self._guarded(self._target_end, path, self._target.scandir(path)))
+
+    async def _plan_file(self, plan: Plan, job: _FileJob, siblings: _Listing | None) -> None:
         plan.tally.files += 1
-        there = await self._checked(self._target, self._target_end, job.target)
+        there, part = await self._existing(job.target, siblings)
         if there is not None and (there.size, there.mtime) == (job.entry.size, job.entry.mtime):
             plan.tally.complete += 1
             return
-        part = await self._checked(self._target, self._target_end, job.target + PARTIAL_SUFFIX)
         if part is not None and part.is_file and 0 < part.size <= job.entry.size:
             job.offset = max(0, part.size - RESUME_MARGIN)
             plan.tally.resumed += 1
         plan.tally.to_send += job.entry.size - job.offset
         plan.files.append(job)
+
+    async def _existing(
+        self, target: str, siblings: _Listing | None
+    ) -> tuple[Entry | None, Entry | None]:
+        """What is at `target` and at its partial name."""
+        partial = target + PARTIAL_SUFFIX
+        if siblings is None:
+            there = await self._checked(self._target, self._target_end, target)
+            return there, await self._checked(self._target, self._target_end, partial)
+        return siblings.get(posixpath.basename(target)), siblings.get(posixpath.basename(partial))
 
     async def _copy_file(self, job: _FileJob, advance: Callable[[int], None]) -> int:
         partial = job.target + PARTIAL_SUFFIX

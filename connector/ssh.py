@@ -274,15 +274,16 @@ class RemoteSide:
 
     @contextlib.asynccontextmanager
     async def append(self, path: str, offset: int) -> AsyncIterator[Sink]:
-        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | (0 if offset else asyncssh.FXF_TRUNC)
         with _sftp_errors(path):
             file = await self._sftp.open(
                 path, flags, asyncssh.SFTPAttrs(permissions=0o600), encoding=None, block_size=BLOCK
             )
         sink = _PipelinedSink(file, offset, path)
         try:
-            with _sftp_errors(path):
-                await file.truncate(offset)
+            if offset:
+                with _sftp_errors(path):
+                    await file.truncate(offset)
             yield sink
             await sink.drain()
         finally:
