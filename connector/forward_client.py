@@ -13,9 +13,10 @@ is then reset, so an application never hangs on a half-alive listener.
 """
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -36,6 +37,7 @@ LINK_WAIT = 10.0
 # A little past the agent's default grace: after it the agent has reset the target.
 RESUME_LIMIT = 75.0
 STALL_PAUSE = 0.05
+RESET_LINGER = 5.0
 STALL_PAUSE_CAP = 5.0
 
 
@@ -218,6 +220,8 @@ class ForwardClient:
                 raise _Broken("the agent ended the stream before the connection ended")
             if outcome is Outcome.RESET and relay.reset_reason:
                 self.error = relay.reset_reason
+            if relay.reset_sent:
+                await _let_the_agent_end(call, read)
             return outcome
         finally:
             call.cancel()
@@ -231,3 +235,14 @@ class ForwardClient:
             raise StreamError("the agent did not answer the open")
         opened: pb.ForwardOpened = frame.opened
         return opened
+
+
+async def _let_the_agent_end(call: Any, read: Callable[[], Awaitable[bytes | None]]) -> None:
+    """After our Reset: the agent ends the stream once it has it. Cancelling
+    at once could overtake the Reset and leave the target socket open for
+    the whole grace period, so wait (briefly) for that end."""
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+        await call.done_writing()
+        async with asyncio.timeout(RESET_LINGER):
+            while await read() is not None:
+                pass

@@ -226,6 +226,7 @@ class Relay:
         self._ack_timer_fired = False
         self._displaced = asyncio.get_running_loop().create_future()
         self.reset_reason = ""
+        self.reset_sent = False  # this side sent the Reset (else the peer did)
 
     def displace(self) -> None:
         """Another stream takes over the connection: this relay stops."""
@@ -310,6 +311,7 @@ class Relay:
         while True:
             if end.error is not None:
                 self.reset_reason = end.error
+                self.reset_sent = True
                 await self._send(self._side.frame(reset=pb.Reset(reason=end.error)))
                 return Outcome.RESET
             if buffer.end > offset:

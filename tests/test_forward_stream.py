@@ -201,6 +201,8 @@ def test_half_close_each_way_keeps_the_other_direction(tmp_path: Path) -> None:
 
 
 def test_a_reset_reaches_the_target_as_a_reset_not_an_eof(tmp_path: Path) -> None:
+    """At once: the agent does not wait out a (long) grace period for it."""
+
     async def main() -> None:
         outcome = asyncio.get_running_loop().create_future()
 
@@ -212,7 +214,10 @@ def test_a_reset_reaches_the_target_as_a_reset_not_an_eof(tmp_path: Path) -> Non
             except ConnectionResetError:
                 outcome.set_result("reset")
 
-        async with target(handler) as port, forwarding(tmp_path, f"0:{port}") as setup:
+        async with (
+            target(handler) as port,
+            forwarding(tmp_path, f"0:{port}", forward_grace=600) as setup,
+        ):
             reader, writer = await setup.connect()
             writer.write(b"some bytes")
             assert await reader.readexactly(5) == b"ready"
