@@ -30,6 +30,7 @@ ANY_BINDS = ("0.0.0.0", "::")
 FORWARD_BUFFER = 4 << 20
 # Browsers and load tests open many connections at once; the kernel caps it.
 LISTEN_BACKLOG = 4096
+CLOSE_LINGER = 2.0
 _MISSING_FAMILY = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
 
 
@@ -232,14 +233,20 @@ class Forwarder:
         )
 
     def close(self) -> None:
-        """Stops listening and resets every connection."""
+        """Stops listening and resets every connection, telling the agent
+        (so its target sockets close now, not after the grace period)."""
         for server in self._servers:
             server.close()
-        for task in self._clients.values():
-            task.cancel()
+        for client in self._clients:
+            client.end.reset("the forward was stopped")
 
     async def wait_closed(self) -> None:
         for server in self._servers:
             await server.wait_closed()
+        if self._clients:
+            # Connections waiting for the link have no agent to tell.
+            _, waiting = await asyncio.wait(self._clients.values(), timeout=CLOSE_LINGER)
+            for task in waiting:
+                task.cancel()
         while self._clients:
             await asyncio.gather(*self._clients.values(), return_exceptions=True)

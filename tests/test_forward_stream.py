@@ -11,6 +11,7 @@ import pytest
 
 from connector.forwarder import Forwarder, parse_spec
 from tests.forward_harness import (
+    assert_reset,
     echo,
     echo_roundtrip,
     forwarding,
@@ -223,5 +224,31 @@ def test_a_reset_reaches_the_target_as_a_reset_not_an_eof(tmp_path: Path) -> Non
             assert await reader.readexactly(5) == b"ready"
             reset_socket(writer)
             assert await outcome == "reset"
+
+    run_async(main)
+
+
+def test_stopping_a_forward_resets_its_connections_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        outcome = asyncio.get_running_loop().create_future()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"ready")
+            try:
+                outcome.set_result(f"eof: {await reader.read()!r}")
+            except ConnectionResetError:
+                outcome.set_result("reset")
+
+        async with (
+            target(handler) as port,
+            forwarding(tmp_path, f"0:{port}", forward_grace=600) as setup,
+        ):
+            reader, _ = await setup.connect()
+            assert await reader.readexactly(5) == b"ready"
+            setup.forwarder.close()
+            await setup.forwarder.wait_closed()
+            assert await outcome == "reset"
+            await assert_reset(reader)
+            assert len(setup.agent.forwards) == 0
 
     run_async(main)
