@@ -1,4 +1,5 @@
-"""SSH keys on the laptop side; the only connector module that imports asyncssh.
+"""SSH on the laptop side (keys, the jump-host dialer, `tether cp`'s SFTP
+client); the only connector module that imports asyncssh.
 
 `tether ssh-config` gives the OpenSSH client a key pair of tether's own, so
 that logging in to a run never depends on (or touches) the person's keys, and
