@@ -219,4 +219,3 @@ def spawn_pipes(argv: list[str], *, env: Mapping[str, str], cwd: str | None) -> 
     for stream in (popen.stdin, popen.stdout, popen.stderr):
         stream.close()
     return Child(popen, fds)
-

@@ -24,11 +24,6 @@ async def run_command(*argv: str) -> int:
     return await proc.wait()
 
 
-@pytest.mark.xfail(
-    reason="ForwardClient lets asyncio.InvalidStateError (grpc's call.write once the RPC "
-    "has finished) escape after a cut instead of resuming; about 1 run in 3",
-    strict=False,
-)
 def test_scp_survives_link_cuts(run_home: Path, agent_run: RunConfig) -> None:
     source = run_home / "payload.bin"
     source.write_bytes(os.urandom(16 << 20))
