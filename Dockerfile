@@ -3,7 +3,7 @@
 #   podman build --format docker -t tether-agent .      (docker build takes the same arguments)
 #   podman build --format docker --build-arg BASE=my-training-image:tag -t my-run-image .
 #   podman run -d --network=host -e TETHER_LISTEN=0.0.0.0:7777 \
-#     -v ./token:/run/secrets/tether-token:ro tether-agent --run-name my-run
+#     -v ./token:/run/secrets/tether-token:ro tether-agent --run-name my-run --max-duration 8
 #
 # BASE: any Debian-based image whose python3 is 3.11 or newer (bookworm or later).
 # USER: the account the agent and its shells run as; --build-arg USER=root runs them as root.
@@ -54,7 +54,9 @@ COPY --from=build /opt/tether /opt/tether
 RUN ln -s /opt/tether/bin/tether-agent /usr/local/bin/tether-agent
 USER ${USER}
 
-ENV TETHER_TOKEN_FILE=/run/secrets/tether-token TETHER_LISTEN=0.0.0.0:7777
+# TETHER_SLEEPER: the agent keeps the run alive, so a --max-duration (or
+# TETHER_MAX_DURATION) is required, as mcli requires one, and no run is forgotten.
+ENV TETHER_TOKEN_FILE=/run/secrets/tether-token TETHER_LISTEN=0.0.0.0:7777 TETHER_SLEEPER=1
 EXPOSE 7777
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
   CMD tether-agent health --address "127.0.0.1:${TETHER_LISTEN##*:}"

@@ -77,6 +77,14 @@ def serve(
             help="Hours from the start after which the agent stops and the container ends.",
         ),
     ] = None,
+    sleeper: Annotated[
+        bool,
+        typer.Option(
+            envvar="TETHER_SLEEPER",
+            help="The agent is the run's main process (the image sets this): "
+            "--max-duration is then required, so no run is forgotten.",
+        ),
+    ] = False,
     vscode_cli: Annotated[
         str | None, typer.Option(help="The VS Code `code` CLI to use (else PATH, cache, download).")
     ] = None,
@@ -103,6 +111,12 @@ def serve(
         raise _fail(f"no token: pass --token-file PATH or set {TOKEN_ENV}")
     if (tls_cert is None) != (tls_key is None):
         raise _fail("--tls-cert and --tls-key go together")
+    if sleeper and max_duration is None:
+        raise _fail(
+            "this agent keeps the run alive, so it needs to know when to stop: "
+            "pass --max-duration HOURS (or set TETHER_MAX_DURATION); "
+            "`tether update RUN --max-duration` can move it later"
+        )
     try:
         host, port = parse_listen(listen)
         config = AgentConfig(

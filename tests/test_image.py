@@ -88,7 +88,7 @@ def agent_container(podman: Podman, image: str, workdir: Path) -> Iterator[Conta
             *("run", "--detach", "--network=host", f"--name={container.name}"),
             f"--env=TETHER_LISTEN=127.0.0.1:{container.port}",
             f"--volume={token}:/run/secrets/tether-token:ro",
-            *(image, "--run-name", RUN),
+            *(image, "--run-name", RUN, "--max-duration", "2"),
         )
         wait_until_serving(podman, container.name)
         print(f"container start to serving: {time.monotonic() - started:.1f}s")

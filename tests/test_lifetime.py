@@ -1,6 +1,7 @@
 """The run's lifetime against a real agent: warnings, deadline changes, stop, expiry."""
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -132,3 +133,16 @@ def test_lifetime_refuses_a_bad_duration_at_construction() -> None:
 )
 def test_spans_read_the_way_people_say_them(seconds: float, text: str) -> None:
     assert describe_span(seconds) == text
+
+
+def test_a_sleeper_agent_refuses_to_start_without_a_duration(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    token.chmod(0o600)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "serve", "--listen", "127.0.0.1:0",
+         "--token-file", str(token), "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TETHER_SLEEPER": "1"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "pass --max-duration HOURS" in done.stderr
