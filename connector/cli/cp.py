@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from connector import config, ssh
+from connector import config
 from connector.cli.ssh_config import authorize, ssh_files
 from connector.cp import Copy, CopyError, Endpoint, LocalSide, Plan, Side, Tally, parse_endpoint
 from connector.link import Link
@@ -70,6 +70,8 @@ def _summary(tally: Tally, seconds: float) -> str:
 async def _copy(source: str, target: str, rank: int) -> Tally:
     source_end, target_end, run_name = _sides(source, target)
     run = config.get_run(run_name)
+    from connector import ssh  # asyncssh loads only for the commands that need it
+
     client_key, public_key = ssh.ensure_client_key(ssh_files().identity.parent)
     async with Link(run, rank) as link:
         reply = await authorize(link, public_key)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from connector import config, ssh
+from connector import config
 from connector.cli.shell import RankOpt
 from connector.cli.ssh_config import authorize, ssh_files
 from connector.config import RunConfig
@@ -19,6 +19,8 @@ from connector.proxy import bridge
 
 
 async def _proxy(run: RunConfig, rank: int) -> int:
+    from connector import ssh  # asyncssh loads only for the commands that need it
+
     _, public_key = ssh.ensure_client_key(ssh_files().identity.parent)
     async with Link(run, rank) as link:
         reply = await authorize(link, public_key)

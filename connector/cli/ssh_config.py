@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from connector import config, ssh, ssh_config
+from connector import config, ssh_config
 from connector.cli.shell import RunArg
 from connector.config import RunConfig
 from connector.errors import LinkError
@@ -29,6 +29,8 @@ AUTHORIZE_TIMEOUT = 30.0
 def ssh_files() -> ssh_config.Files:
     """tether's own key pair and known_hosts, in the connector's state dir."""
     directory = config.private_dir(config.state_dir() / "ssh")
+    from connector import ssh  # asyncssh loads only for the commands that need it
+
     return ssh_config.Files(directory / ssh.CLIENT_KEY_FILE, directory / "known_hosts")
 
 
@@ -59,9 +61,11 @@ async def _authorize_rank(run: RunConfig, rank: int, public_key: str) -> pb.Auth
 
 
 async def _rank_hosts(run: RunConfig, public_key: str) -> list[ssh_config.RankHost]:
+    from connector.ssh import host_key_line  # asyncssh loads only where it is needed
+
     replies = await asyncio.gather(*(_authorize_rank(run, rank, public_key) for rank in run.ranks))
     return [
-        ssh_config.RankHost(rank, reply.user, ssh.host_key_line(reply.host_public_key))
+        ssh_config.RankHost(rank, reply.user, host_key_line(reply.host_public_key))
         for rank, reply in zip(run.ranks, replies, strict=True)
     ]
 
@@ -75,6 +79,8 @@ def ssh_config_command(
     """Add the run to ~/.ssh/config: then `ssh tether-RUN` (rank 0) or
     `ssh tether-RUN-rN`, and scp, rsync, sftp and VS Code Remote-SSH, just work."""
     run_config = config.get_run(run)
+    from connector import ssh  # asyncssh loads only for the commands that need it
+
     files = ssh_files()
     _, public_key = ssh.ensure_client_key(files.identity.parent)
     hosts = asyncio.run(_rank_hosts(run_config, public_key))
