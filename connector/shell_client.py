@@ -11,7 +11,6 @@ broken transport is never mistaken for exit 0.
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -74,7 +73,6 @@ class Reconnecting:
 @dataclass(frozen=True, slots=True)
 class Resumed:
     lost_bytes: int
-    outage_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +149,11 @@ class ShellClient:
 
     async def run(self) -> ExitResult:
         """Attaches, and re-attaches after every failure, until the exit."""
-        outage_started: float | None = None
+        resuming = False
         while True:
             channel = await self._link.channel()
             try:
-                return await self._attempt(channel, outage_started)
+                return await self._attempt(channel, resuming)
             except _StreamBroken as exc:
                 error = str(exc)
             except grpc.aio.AioRpcError as exc:
@@ -168,8 +166,7 @@ class ShellClient:
                     raise
                 error = "the link was lost"
             self._link.invalidate(channel)
-            if outage_started is None:
-                outage_started = time.monotonic()
+            resuming = True
             self._on_event(Reconnecting(error))
 
     def _fatal(self, exc: grpc.aio.AioRpcError) -> Exception:
@@ -191,7 +188,7 @@ class ShellClient:
             request.size.cols, request.size.rows = self._size
         return SHELL_CLIENT.message(pb.ShellClientFrame(open=request))
 
-    async def _attempt(self, channel: grpc.aio.Channel, outage_started: float | None) -> ExitResult:
+    async def _attempt(self, channel: grpc.aio.Channel, resuming: bool) -> ExitResult:
         method: Any = channel.stream_stream(SHELL_METHOD)  # type: ignore[call-arg]
         call: Any = method(metadata=self._link.metadata)
         try:
@@ -204,11 +201,11 @@ class ShellClient:
                 self._agent_knows_input = True
             self._opened_once = True
             self._input.ack(opened.input_offset)
-            if outage_started is not None:
+            if resuming:
                 # The agent resumes from its oldest byte when ours is gone:
                 # the difference is the gap that its first frame reports.
                 lost = max(0, opened.output_offset - self._output.offset)
-                self._on_event(Resumed(lost, time.monotonic() - outage_started))
+                self._on_event(Resumed(lost))
             writer = asyncio.ensure_future(self._write_loop(call, opened.input_offset))
             try:
                 result = await self._read_loop(call)

@@ -193,13 +193,3 @@ class Outbox:
         """No more bytes will be written; wakes every waiter."""
         self.closed = True
         self.changed.fire()
-
-    async def wait_beyond(self, offset: int) -> None:
-        """Returns once there are bytes at or past `offset`, or on close."""
-        while self.buffer.end <= offset and not self.closed:
-            await self.changed.wait()
-
-    async def wait_space(self) -> None:
-        """Returns once the buffer is under its limit (for producers that pause)."""
-        while self.buffer.size >= self.buffer.limit and not self.closed:
-            await self.changed.wait()
