@@ -42,8 +42,11 @@ def round_trip(port: int, payload: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_forward_list_without_a_daemon_says_so(laptop: DaemonLaptop) -> None:
-    done = laptop.tether("daemon", "status")
+@pytest.mark.parametrize("command", [("forward", "list"), ("daemon", "status")])
+def test_forward_list_without_a_daemon_says_so(
+    laptop: DaemonLaptop, command: tuple[str, str]
+) -> None:
+    done = laptop.tether(*command)
     assert done.returncode == 1
     assert b"daemon is not running" in done.stderr
     assert b"tether daemon start" in done.stderr
