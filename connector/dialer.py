@@ -6,7 +6,16 @@ forwards a local loopback port to the agent). A dialer answers one question
 per connection attempt: which HOST:PORT should gRPC connect to now?
 """
 
+import asyncio
 from typing import Protocol
+
+from connector import tls
+from connector.address import parse_address, parse_jump
+from connector.config import RunConfig
+from connector.errors import TetherError
+
+# How long a reachability probe may take before it counts as "no answer".
+PROBE_TIMEOUT = 1.0
 
 
 class Dialer(Protocol):
@@ -35,3 +44,31 @@ class DirectDialer:
 
     async def wait_closed(self) -> None:
         pass
+
+
+def dialer_for(run: RunConfig, address: str) -> Dialer:
+    """Straight to the agent, or through the run's jump host."""
+    if run.jump is None:
+        return DirectDialer(address)
+    from connector.ssh import JumpDialer  # asyncssh is only loaded for jump hosts
+
+    return JumpDialer(parse_jump(run.jump), parse_address(address))
+
+
+async def agent_answers(dialer: Dialer, *, tls_on: bool) -> bool:
+    """A cheap sign of the agent itself: its TLS handshake, or with
+    plaintext a TCP connection (a relay in the path may accept that)."""
+    try:
+        address = await dialer.dial()
+        if tls_on:
+            await tls.fetch_certificate(address, PROBE_TIMEOUT)
+            return True
+        host, _, port = address.rpartition(":")
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+        # cancel that lands as the connection fails, and close() then hangs.
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except (TetherError, OSError, TimeoutError):
+        return False
+    writer.close()
+    return True

@@ -23,10 +23,9 @@ import grpc
 from google.protobuf.message import Message
 
 from connector import config, tls
-from connector.address import parse_address, parse_jump
 from connector.backoff import Backoff
 from connector.config import RunConfig
-from connector.dialer import Dialer, DirectDialer
+from connector.dialer import Dialer, agent_answers, dialer_for
 from connector.errors import FatalLinkError, LinkError, RemoteError, TetherError
 from protos import agent_pb2 as pb
 from protos.agent_pb2_grpc import AgentStub
@@ -35,7 +34,6 @@ from protos.version import PROTOCOL_VERSION
 CONNECT_TIMEOUT = 10.0
 # How often a waiting link checks whether a path that was down is back.
 REACHABILITY_PROBE_INTERVAL = 0.2
-PROBE_TIMEOUT = 1.0
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
@@ -95,14 +93,6 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, run_name: str) -> TetherError
     return RemoteError(exc.code().name, exc.details() or "")
 
 
-def _dialer_for(run: RunConfig, address: str) -> Dialer:
-    if run.jump is None:
-        return DirectDialer(address)
-    from connector.ssh import JumpDialer  # asyncssh is only loaded for jump hosts
-
-    return JumpDialer(parse_jump(run.jump), parse_address(address))
-
-
 class Link:
     """One agent, reachable: an async context manager with close()/wait_closed()."""
 
@@ -121,7 +111,7 @@ class Link:
         self.rank = rank
         self.address = run.address_for(rank)
         if dialer is None:
-            dialer = _dialer_for(run, self.address)
+            dialer = dialer_for(run, self.address)
         self._dialer = dialer
         self._on_state = on_state
         self._interval = heartbeat_interval
@@ -303,31 +293,13 @@ class Link:
         (the agent refused us for another reason) gets the full delay, so a
         failing agent is never hammered."""
         deadline = asyncio.get_running_loop().time() + delay
-        if await self._agent_answers():
+        if await agent_answers(self._dialer, tls_on=not self.run.insecure_loopback):
             await asyncio.sleep(delay)
             return
         while (left := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.sleep(min(REACHABILITY_PROBE_INTERVAL, left))
-            if await self._agent_answers():
+            if await agent_answers(self._dialer, tls_on=not self.run.insecure_loopback):
                 return
-
-    async def _agent_answers(self) -> bool:
-        """A cheap sign of the agent itself: its TLS handshake, or with
-        plaintext a TCP connection (a relay in the path may accept that)."""
-        try:
-            address = await self._dialer.dial()
-            if not self.run.insecure_loopback:
-                await tls.fetch_certificate(address, PROBE_TIMEOUT)
-                return True
-            host, _, port = address.rpartition(":")
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
-            # cancel that lands as the connection fails, and close() then hangs.
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        except (TetherError, OSError, TimeoutError):
-            return False
-        writer.close()
-        return True
 
     async def _connect_once(self) -> tuple[grpc.aio.Channel, str | None]:
         """One attempt: dial, check the certificate, Info. Returns the channel
