@@ -66,6 +66,9 @@ def _value(text: str) -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
+PREFERRED_CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
+
+
 def render_section(run: str, hosts: Sequence[RankHost], files: Files, tether: str) -> list[str]:
     """The block's lines for `run`: rank 0 also answers to tether-RUN."""
     lines = [f"{_RUN_HEADER}{run}"]
@@ -82,6 +85,10 @@ def render_section(run: str, hosts: Sequence[RankHost], files: Files, tether: st
             f"    UserKnownHostsFile {_value(str(files.known_hosts))}",
             f"    HostKeyAlias {alias}",
             "    StrictHostKeyChecking yes",
+            # The bytes already travel inside the link's TLS; AES-GCM (with
+            # AES-NI on both ends) costs the Python server far less per GiB
+            # than ssh's default chacha20.
+            f"    Ciphers {PREFERRED_CIPHERS}",
         ]
     return lines
 
