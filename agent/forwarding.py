@@ -17,6 +17,7 @@ import time
 from agent.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from agent.forward_policy import ForwardPolicy, Target, format_endpoint
 from agent.session_table import SESSION_ID
+from protos.resource import Resource
 from protos.socket_stream import Outcome, Relay, SocketEnd
 
 CONNECT_TIMEOUT = 10.0
@@ -34,7 +35,7 @@ class ForwardConnection:
         self.expiry: asyncio.TimerHandle | None = None
 
 
-class ForwardTable:
+class ForwardTable(Resource):
     """Every forwarded connection of the agent, with the limit and the grace period."""
 
     def __init__(
@@ -50,13 +51,6 @@ class ForwardTable:
 
     def __len__(self) -> int:
         return len(self._connections)
-
-    async def __aenter__(self) -> "ForwardTable":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-        await self.wait_closed()
 
     async def open(
         self, connection_id: str, host: str, port: int, *, resume: bool

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
+
+from protos.resource import Resource
 
 T = TypeVar("T")
 
@@ -128,7 +129,7 @@ def _nspids(status: Path) -> list[int]:
     return []
 
 
-class GpuProbe:
+class GpuProbe(Resource):
     """Takes GPU snapshots; NVML is initialised once, on first use, and shut down by close().
 
     Snapshots block (NVML calls into the driver): call them from a thread.
@@ -140,18 +141,6 @@ class GpuProbe:
         self._proc_root = proc_root
         self._initialised = False
         self._lock = threading.Lock()
-
-    async def __aenter__(self) -> "GpuProbe":
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     def close(self) -> None:
         with self._lock:

@@ -13,9 +13,9 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 from agent.errors import InvalidArgument
+from protos.resource import Resource
 
 # Seconds before the deadline at which attached sessions are warned.
 DEFAULT_WARNINGS = (600.0, 60.0)
@@ -44,7 +44,7 @@ def check_hours(hours: float) -> float:
     return hours
 
 
-class Lifetime:
+class Lifetime(Resource):
     """Warns before the deadline and asks for a stop at it; an async context manager.
 
     `on_notice` writes a line into every attached session; `on_stop` asks the
@@ -142,15 +142,6 @@ class Lifetime:
     async def __aenter__(self) -> "Lifetime":
         self._task = asyncio.get_running_loop().create_task(self._watch())
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     def close(self) -> None:
         if self._task is not None:

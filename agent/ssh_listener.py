@@ -14,7 +14,6 @@ import os
 import signal
 from collections.abc import Awaitable
 from pathlib import Path
-from types import TracebackType
 from typing import cast
 
 import asyncssh
@@ -24,6 +23,7 @@ from agent.errors import AgentError, FailedPrecondition, InvalidArgument, Permis
 from agent.fdio import read_fd, write_fd
 from agent.session_table import home_dir, login_shell
 from agent.sshd import AUTHORIZED_KEYS_FILE
+from protos.resource import Resource
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 # What a login may bring from the client's environment (ssh's SendEnv).
@@ -143,7 +143,7 @@ class _HomeSftpServer(asyncssh.SFTPServer):
         self.channel.exit(0)
 
 
-class SshListener:
+class SshListener(Resource):
     """The asyncssh server and every session it runs."""
 
     def __init__(self, state_dir: Path, user: str, host: str, port: int) -> None:
@@ -231,15 +231,6 @@ class SshListener:
     async def __aenter__(self) -> "SshListener":
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     def close(self) -> None:
         """Stops listening, drops every connection and hangs up every child."""

@@ -16,10 +16,10 @@ import ipaddress
 import os
 import pwd
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from agent.errors import FailedPrecondition, InvalidArgument
+from protos.resource import Resource
 
 if TYPE_CHECKING:
     from agent.ssh_listener import SshListener
@@ -35,7 +35,7 @@ def agent_user() -> str:
         return str(os.getuid())
 
 
-class SshServer:
+class SshServer(Resource):
     """The embedded SSH server; an async context manager with close()/wait_closed().
 
     start() is idempotent, so the server can be started on first use.
@@ -87,15 +87,6 @@ class SshServer:
     async def __aenter__(self) -> "SshServer":
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     def close(self) -> None:
         """Stops listening, drops every connection and hangs up every child."""

@@ -12,10 +12,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from agent import processes
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from protos.resource import Resource
 
 # No '.' or ':' (tmux reads them as window/pane separators in targets and
 # rewrites them in names), no leading '-' (it would read as an option).
@@ -74,7 +74,7 @@ def _parse_line(line: str) -> TmuxSessionInfo:
     return TmuxSessionInfo(name, int(windows), int(attached), int(created), int(activity))
 
 
-class TmuxManager:
+class TmuxManager(Resource):
     """The agent's tmux server: `tmux -S <state_dir>/tmux.sock -f <state_dir>/tmux.conf`."""
 
     def __init__(self, state_dir: Path) -> None:
@@ -86,15 +86,6 @@ class TmuxManager:
         self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.config_path.write_text(_CONFIG)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     def close(self) -> None:
         """Nothing to stop: the tmux server and its sessions must outlive the agent."""

@@ -14,11 +14,11 @@ import re
 import signal
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from types import TracebackType
 
 from agent import processes
 from agent.errors import AgentError, FailedPrecondition
 from agent.vscode_cli import CliSource, Progress, locate_cli
+from protos.resource import Resource
 
 # The login is kept in a file under --cli-data-dir: a container has no keyring.
 _CLI_ENV = {"VSCODE_CLI_USE_FILE_KEYCHAIN": "1"}
@@ -130,7 +130,7 @@ async def _stop_process(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-class VscodeTunnel:
+class VscodeTunnel(Resource):
     """One supervised `code tunnel --name NAME`, from finding the CLI to unregistering.
 
     Subscribers get the current state first (download progress, a pending
@@ -320,12 +320,3 @@ class VscodeTunnel:
     async def __aenter__(self) -> "VscodeTunnel":
         self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()

@@ -8,11 +8,11 @@ over the first one's registration).
 import asyncio
 import hashlib
 import re
-from types import TracebackType
 
 from agent.errors import FailedPrecondition, InvalidArgument
 from agent.vscode import DEFAULT_POLICY, RestartPolicy, TunnelStatus, VscodeTunnel
 from agent.vscode_cli import CliSource
+from protos.resource import Resource
 
 # VS Code accepts at most 20 characters, letters, digits and '-'. Default names
 # keep to lowercase, since the name also appears in a host name.
@@ -44,7 +44,7 @@ def check_tunnel_name(name: str) -> None:
         )
 
 
-class VscodeManager:
+class VscodeManager(Resource):
     """Starts the tunnel on request, stops it on request and at agent shutdown."""
 
     def __init__(
@@ -113,15 +113,3 @@ class VscodeManager:
     async def wait_closed(self) -> None:
         if self._tunnel is not None:
             await self._tunnel.wait_closed()
-
-    async def __aenter__(self) -> "VscodeManager":
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()

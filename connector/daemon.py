@@ -26,6 +26,7 @@ from connector.forwarder import Forwarder, parse_spec
 from connector.link import Link, LinkState
 from protos import daemon_pb2 as pb
 from protos import daemon_pb2_grpc
+from protos.resource import Resource
 
 log = logging.getLogger("tether.daemon")
 
@@ -65,7 +66,7 @@ class LinkEntry:
         self.link.close()
 
 
-class ForwardDaemon:
+class ForwardDaemon(Resource):
     """Every background forward of this user; an async context manager."""
 
     def __init__(self, state_file: Path) -> None:
@@ -78,10 +79,6 @@ class ForwardDaemon:
     async def __aenter__(self) -> "ForwardDaemon":
         await self.restore()
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-        await self.wait_closed()
 
     def _link(self, run_name: str, rank: int) -> LinkEntry:
         key = (run_name, rank)

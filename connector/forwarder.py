@@ -21,6 +21,7 @@ import psutil
 
 from connector.errors import ConfigError
 from connector.forward_client import LINK_WAIT, ForwardClient, ForwardLink
+from protos.resource import Resource
 from protos.socket_stream import Outcome, SocketEnd
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class _Accepted(SocketEnd):
         self._forwarder._accepted(self)
 
 
-class Forwarder:
+class Forwarder(Resource):
     """Listeners for one SPEC; an async context manager."""
 
     def __init__(self, link: ForwardLink, spec: ForwardSpec, *, link_wait: float = LINK_WAIT):
@@ -157,10 +158,6 @@ class Forwarder:
     async def __aenter__(self) -> "Forwarder":
         await self.start()
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-        await self.wait_closed()
 
     async def start(self) -> None:
         """Listens on every bind address; ConfigError when the port is taken."""

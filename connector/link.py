@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -29,6 +28,7 @@ from connector.dialer import Dialer, agent_answers, dialer_for
 from connector.errors import FatalLinkError, LinkError, RemoteError, TetherError
 from protos import agent_pb2 as pb
 from protos.agent_pb2_grpc import AgentStub
+from protos.resource import Resource
 from protos.version import PROTOCOL_VERSION
 
 CONNECT_TIMEOUT = 10.0
@@ -93,7 +93,7 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, run_name: str) -> TetherError
     return RemoteError(exc.code().name, exc.details() or "")
 
 
-class Link:
+class Link(Resource):
     """One agent, reachable: an async context manager with close()/wait_closed()."""
 
     def __init__(
@@ -219,18 +219,6 @@ class Link:
         while self._tasks or self._closing:
             await asyncio.gather(*self._tasks, *self._closing, return_exceptions=True)
         await self._dialer.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     # ---------------------------------------------------------------- connecting
 

@@ -10,8 +10,7 @@ never hides the answers of the others.
 import asyncio
 import datetime
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from google.protobuf.message import Message
@@ -20,6 +19,7 @@ from connector.config import RunConfig
 from connector.errors import LinkError, TetherError
 from connector.link import Link, LinkState
 from connector.terminal import escape_text
+from protos.resource import Resource
 
 # Failed attempts (about 0.5 + 1 s of backoff between them) before giving up.
 CONNECT_ATTEMPTS = 3
@@ -42,7 +42,7 @@ def pick_ranks(run: RunConfig, rank: int | None, *, every: bool) -> list[int]:
     return list(run.ranks) if every else [0]
 
 
-class AgentCalls:
+class AgentCalls(Resource):
     """A Link to one rank that gives up on an agent it cannot reach; an async
     context manager."""
 
@@ -85,18 +85,6 @@ class AgentCalls:
             self._unreachable.result()
         return call.result()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
-
     def close(self) -> None:
         self.link.close()
         if not self._unreachable.done():
@@ -108,7 +96,7 @@ class AgentCalls:
         await self.link.wait_closed()
 
 
-class Ranks:
+class Ranks(Resource):
     """AgentCalls to several ranks, kept across rounds (as `status --watch`
     makes); an async context manager. A rank that could not be reached gets a
     fresh link for the next round."""
@@ -134,18 +122,6 @@ class Ranks:
         ranks = list(self._calls)
         results = await asyncio.gather(*(one(rank, self._calls[rank]) for rank in ranks))
         return dict(zip(ranks, results, strict=True))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     def close(self) -> None:
         for calls in self._calls.values():
