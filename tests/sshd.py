@@ -25,6 +25,17 @@ _START_TIMEOUT = 15.0
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
+def client_options(port: int, key: Path, known_hosts: Path) -> list[str]:
+    """OpenSSH client options for a test server on 127.0.0.1: no user config,
+    only `key`, the host key pinned by `known_hosts`."""
+    return [
+        *("-F", "/dev/null", "-i", str(key), "-o", f"Port={port}"),
+        *("-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"),
+        *("-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"),
+        *("-o", "BatchMode=yes", "-o", "LogLevel=ERROR"),
+    ]
+
+
 @dataclass(frozen=True)
 class SshJumpHost:
     """How to log in to a jump host started for a test."""
@@ -37,28 +48,8 @@ class SshJumpHost:
     known_hosts: Path  # a known_hosts file that pins host_public_key
 
     def ssh_options(self) -> list[str]:
-        """Options for ssh, scp or sftp that reach this host and nothing else:
-        no user config, only our key, the host key pinned."""
-        return [
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.client_key),
-            "-o",
-            f"Port={self.port}",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ]
+        """Options for ssh, scp or sftp that reach this host and nothing else."""
+        return client_options(self.port, self.client_key, self.known_hosts)
 
     def ssh_argv(self, *command: str) -> list[str]:
         """An `ssh` command line that runs `command` on this host."""

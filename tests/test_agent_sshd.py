@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import grpc
@@ -22,6 +23,7 @@ from agent.sshd import SshServer, agent_user
 from protos import agent_pb2 as pb
 from protos.agent_pb2_grpc import AgentStub
 from tests.agent_harness import METADATA, channel_to, running_agent
+from tests.sshd import client_options
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,26 +38,18 @@ class Client:
     known_hosts: Path
 
     def options(self) -> list[str]:
-        return [
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.key),
-            "-o",
-            f"Port={self.port}",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ]
+        return client_options(self.port, self.key, self.known_hosts)
+
+    def connect(self) -> Any:
+        """An asyncssh connection as this client: await it, or `async with` it
+        (asyncssh's own wrapper type is private, hence Any)."""
+        return asyncssh.connect(
+            "127.0.0.1",
+            self.port,
+            username=self.user,
+            client_keys=[str(self.key)],
+            known_hosts=str(self.known_hosts),
+        )
 
     @property
     def target(self) -> str:
@@ -136,13 +130,7 @@ def test_death_by_signal_is_reported_as_exit_signal(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
             sshd(tmp_path) as client,
-            asyncssh.connect(
-                "127.0.0.1",
-                client.port,
-                username=client.user,
-                client_keys=[str(client.key)],
-                known_hosts=str(client.known_hosts),
-            ) as conn,
+            client.connect() as conn,
         ):
             result = await conn.run("kill -TERM $$")
             assert result.exit_signal is not None and result.exit_signal[0] == "TERM"
@@ -252,13 +240,7 @@ def test_direct_tcpip_reaches_loopback_only(tmp_path: Path) -> None:
         async with (
             echo,
             sshd(tmp_path) as client,
-            asyncssh.connect(
-                "127.0.0.1",
-                client.port,
-                username=client.user,
-                client_keys=[str(client.key)],
-                known_hosts=str(client.known_hosts),
-            ) as conn,
+            client.connect() as conn,
         ):
             for host in ("127.0.0.1", "localhost"):
                 reader, writer = await conn.open_connection(host, port)
@@ -324,13 +306,7 @@ def test_close_ends_sessions_and_their_children(tmp_path: Path) -> None:
         server.authorize(public)
         await server.start()
         client = client_of(tmp_path, server.port, server.user, server.host_public_key)
-        conn = await asyncssh.connect(
-            "127.0.0.1",
-            client.port,
-            username=client.user,
-            client_keys=[str(client.key)],
-            known_hosts=str(client.known_hosts),
-        )
+        conn = await client.connect()
         process = await conn.create_process("echo $$; exec sleep 60")
         pid = int(await process.stdout.readline())
         server.close()
@@ -346,13 +322,7 @@ def test_window_changes_and_signals_reach_the_child(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
             sshd(tmp_path) as client,
-            asyncssh.connect(
-                "127.0.0.1",
-                client.port,
-                username=client.user,
-                client_keys=[str(client.key)],
-                known_hosts=str(client.known_hosts),
-            ) as conn,
+            client.connect() as conn,
         ):
             tty = await conn.create_process(
                 "stty size; read line; stty size", term_type="xterm", term_size=(80, 24)
