@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sshd import SshJumpHost, asyncssh_server, openssh_server
+from tests.vscode_harness import Downloads
 
 
 @pytest.fixture
@@ -32,3 +33,20 @@ def jump_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SshJum
     start = openssh_server if request.param == "openssh" else asyncssh_server
     with start(tmp_path / request.param) as host:
         yield host
+
+
+@pytest.fixture
+def downloads() -> Iterator[Downloads]:
+    """A loopback HTTP server for the stand-in VS Code CLI's tarball."""
+    server = Downloads()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the stand-in `code` records its calls and looks for the login
+    approval; the agent passes the variable on to it."""
+    state = tmp_path / "fake"
+    monkeypatch.setenv("FAKE_CODE_STATE", str(state))
+    return state

@@ -2,15 +2,10 @@
 
 import asyncio
 import hashlib
-import http.server
-import io
 import json
 import socket
 import subprocess
-import sys
-import tarfile
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,77 +17,10 @@ from agent.vscode import Error, Event, Log, Login, Ready, RestartPolicy, parse_l
 from agent.vscode_cli import CliSource, Progress, default_cli_url, locate_cli
 from agent.vscode_manager import VscodeManager, check_tunnel_name, default_tunnel_name
 from protos import agent_pb2 as pb
+from tests.vscode_harness import Downloads, fake_cli_program, tarball
 
-FAKE_CLI = Path(__file__).with_name("fake_code_cli.py")
 FAST = RestartPolicy(first_delay=0.01, max_delay=0.05, max_quick_exits=3)
 E = TypeVar("E")
-
-
-def fake_cli_program() -> bytes:
-    """The stand-in's source with a `#!` line naming this Python."""
-    body = FAKE_CLI.read_text().split("\n", 1)[1]
-    return f"#!{sys.executable}\n{body}".encode()
-
-
-def tarball(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:  # type: ignore[call-overload]
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-class Downloads:
-    """A loopback HTTP server with fixed bodies per path, counting requests."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-        self.hits = 0
-        downloads = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                downloads.hits += 1
-                body = downloads.bodies.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def serve(self, path: str, body: bytes) -> str:
-        self.bodies[path] = body
-        return self.url(path)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def downloads() -> Iterator[Downloads]:
-    server = Downloads()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def fake_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where the stand-in records its calls and looks for the login approval."""
-    state = tmp_path / "fake"
-    monkeypatch.setenv("FAKE_CODE_STATE", str(state))
-    return state
 
 
 @pytest.fixture

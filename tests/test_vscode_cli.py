@@ -6,33 +6,17 @@ import hashlib
 import json
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.cli_procs import Laptop, agent_serving, finish, read_until
-from tests.test_vscode import Downloads, fake_cli_program, tarball
+from tests.vscode_harness import Downloads, fake_cli_program, tarball
 
 LOGIN_URL = "https://github.com/login/device"
 LOGIN_CODE = "ABCD-1234"
 LINK = "https://vscode.dev/tunnel/train-r0/home/fake"
-
-
-@pytest.fixture
-def downloads() -> Iterator[Downloads]:
-    server = Downloads()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def fake_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The stand-in's record of its calls; the agent passes the variable on to it."""
-    state = tmp_path / "fake"
-    monkeypatch.setenv("FAKE_CODE_STATE", str(state))
-    return state
 
 
 @pytest.fixture
