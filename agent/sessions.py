@@ -80,7 +80,6 @@ class Session:
         self.attachment: object | None = None
         # How far the attached client's stream has been sent output.
         self.sent_offset = 0
-        self.attach_changed = Wakeup()
         # Lines for attached clients (deadline warnings, shutdown), by sequence.
         self.notices: deque[tuple[int, str]] = deque(maxlen=16)
         self._notice_seq = 0
@@ -307,7 +306,6 @@ class Session:
         """Makes `owner` the attached client, displacing any earlier one."""
         self.attachment = owner
         self.sent_offset = self.output.buffer.start
-        self.attach_changed.fire()
         self.output.changed.fire()  # a displaced stream's pump says so and ends
         self.touch()
 

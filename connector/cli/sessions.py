@@ -8,14 +8,17 @@ takes it up again, replaying what is still buffered.
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+from google.protobuf.message import Message
 
 from connector import config
 from connector.cli.oneshot import AgentCalls, local_time, pick_ranks, span
 from connector.terminal import escape_text
 from protos import agent_pb2 as pb
+
+R = TypeVar("R", bound=Message)
 
 app = typer.Typer(help="The shell sessions the run's agent keeps.", no_args_is_help=True)
 
@@ -23,11 +26,11 @@ RunArg = Annotated[str, typer.Argument(metavar="RUN", help="The run.")]
 RankOpt = Annotated[int, typer.Option("--rank", "-r", min=0, help="Which node of the run.")]
 
 
-async def _ask(run_name: str, rank: int, method: str, request: object, reply: type) -> object:
+async def _ask(run_name: str, rank: int, method: str, request: Message, reply: type[R]) -> R:
     run = config.get_run(run_name)
     pick_ranks(run, rank, every=False)
     async with AgentCalls(run, rank) as calls:
-        return await calls.call(method, request, reply)  # type: ignore[arg-type]
+        return await calls.call(method, request, reply)
 
 
 @app.command("ls")
@@ -36,7 +39,6 @@ def list_sessions(run: RunArg, rank: RankOpt = 0) -> None:
     reply = asyncio.run(
         _ask(run, rank, "ListSessions", pb.ListSessionsRequest(), pb.ListSessionsReply)
     )
-    assert isinstance(reply, pb.ListSessionsReply)
     if not reply.sessions:
         typer.echo(f"no shell sessions on run {run} rank {rank}")
         return
