@@ -56,18 +56,7 @@ async def run(
     A missing program is FailedPrecondition (the image lacks it); a program
     that outlives `timeout` is killed and reported as TimeoutError.
     """
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=child_env(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
-        raise FailedPrecondition(f"{argv[0]} is not installed in this image") from exc
+    proc = await start(argv, env=env, cwd=cwd, pipe_stdin=stdin is not None)
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
@@ -84,12 +73,14 @@ async def start(
     *,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    pipe_stdin: bool = False,
 ) -> asyncio.subprocess.Process:
-    """Starts a long-lived child with stdout and stderr piped (for supervisors)."""
+    """Starts a child with stdout and stderr piped (supervisors keep it; run()
+    waits for it); a missing program is FailedPrecondition."""
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=child_env(env),
