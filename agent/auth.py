@@ -5,14 +5,13 @@ The token never travels in argv and is never logged; children never see it
 """
 
 import hmac
-import os
-import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
 
 from agent.errors import AgentError
+from protos.token import TokenFileError, read_token_file
 
 TOKEN_ENV = "TETHER_TOKEN_FILE"
 AUTH_HEADER = "authorization"
@@ -25,21 +24,9 @@ class TokenError(AgentError):
 def load_token(path: str) -> bytes:
     """Reads the token, refusing a file that group or others can read."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError as exc:
-        raise TokenError(f"token file {path} does not exist") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise TokenError(f"token file {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise TokenError(
-            f"token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"run: chmod 600 {path}"
-        )
-    with open(path, "rb") as f:
-        token = f.read().strip()
-    if not token:
-        raise TokenError(f"token file {path} is empty")
-    return token
+        return read_token_file(path)
+    except TokenFileError as exc:
+        raise TokenError(str(exc)) from None
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"

@@ -13,7 +13,6 @@ import dataclasses
 import fcntl
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import tomli_w
 
 from connector.address import parse_address, parse_jump
 from connector.errors import ConfigError
+from protos.token import TokenFileError, read_token_file
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -169,29 +169,23 @@ def state_dir() -> Path:
 # ------------------------------------------------------------------ token
 
 
+def _read_token_bytes(absolute: str) -> bytes:
+    try:
+        return read_token_file(absolute)
+    except TokenFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def check_token_file(path: str) -> str:
     """The absolute path of a usable token file; group or other access is refused."""
     absolute = os.path.abspath(os.path.expanduser(path))
-    try:
-        st = os.stat(absolute)
-    except OSError as exc:
-        raise ConfigError(f"token file {absolute}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"token file {absolute} is not a regular file")
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"token file {absolute} is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {absolute}"
-        )
+    _read_token_bytes(absolute)
     return absolute
 
 
 def read_token(path: str) -> str:
     """The token, read fresh so that a rotated token is picked up on reconnect."""
-    with open(check_token_file(path), "rb") as f:
-        token = f.read().strip()
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
+    token = _read_token_bytes(os.path.abspath(os.path.expanduser(path)))
     if not token.isascii() or not token.decode().isprintable():
         raise ConfigError(f"token file {path} holds bytes that cannot go in a header")
     return token.decode()

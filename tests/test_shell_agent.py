@@ -297,3 +297,29 @@ def test_a_port_in_use_is_one_clear_startup_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "problem"),
+    [
+        (None, 0o600, "No such file or directory"),
+        ("", 0o600, "is empty"),
+        ("secret", 0o644, "readable by group or others (mode 0644); run: chmod 600"),
+    ],
+)
+def test_a_bad_token_file_is_a_startup_error_naming_the_problem(
+    tmp_path: Path, content: str | None, mode: int, problem: str
+) -> None:
+    token = tmp_path / "token"
+    if content is not None:
+        token.write_text(content)
+        token.chmod(mode)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "serve", "--listen", "127.0.0.1:0",
+         "--insecure-loopback", "--token-file", str(token)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"tether-agent: token file {token}" in done.stderr
+    assert problem in done.stderr
+    assert "listening" not in done.stdout
